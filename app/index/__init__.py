@@ -1,0 +1,7 @@
+"""FAISS item index: build, search with exclusions and allowed masks, add, save/load. No DB, no web, no torch."""
+
+from app.index.config import AUTO_APPROXIMATE_KIND, ConfigKind, IndexConfig, IndexKind
+from app.index.item_index import ItemIndex
+from app.index.persist import IndexFileError
+
+__all__ = ["AUTO_APPROXIMATE_KIND", "ConfigKind", "IndexConfig", "IndexFileError", "IndexKind", "ItemIndex"]

@@ -1,0 +1,72 @@
+"""Index configuration: which FAISS structure to build and how hard approximate searches work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+ConfigKind = Literal["auto", "flat", "ivf", "hnsw"]
+
+# The approximate kind "auto" uses above `exact_max_items`. Chosen by measurement (docs/BENCHMARKS.md, "Index"):
+# on clustered vectors IVF reaches HNSW's recall at a lower single-query latency, builds several times faster,
+# adds rows without touching a graph, and keeps its recall under filters (it scans whole lists, HNSW's graph
+# walk starves when most nodes are filtered out).
+AUTO_APPROXIMATE_KIND: IndexKind = "ivf"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    """How to build and search an item index; every field has a measured default."""
+
+    kind: ConfigKind = "auto"
+    # "auto": exact (flat) up to this many rows, AUTO_APPROXIMATE_KIND above.
+    exact_max_items: int = 200_000
+    # IVF: number of lists (None: about sqrt(N), see `ivf_nlist`) and lists probed per query.
+    nlist: int | None = None
+    nprobe: int = 16
+    # IVF k-means trains on at most this many sampled rows per list (FAISS' own cap is 256).
+    train_points_per_list: int = 64
+    # HNSW: links per node, candidate list size at search and at construction.
+    M: int = 32
+    ef_search: int = 64
+    ef_construction: int = 40
+    # Approximate kinds score the eligible rows exactly when a filter leaves at most this many.
+    filter_exact_max: int = 4096
+    # OpenMP threads per search call: 1 in a web process (one query per request, many requests in parallel).
+    search_threads: int = 1
+    # OpenMP threads for build and add (0: every CPU this process may use).
+    build_threads: int = 0
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        """Reject values FAISS would misuse silently."""
+        if self.kind not in ("auto", "flat", "ivf", "hnsw"):
+            raise ValueError(f"kind: {self.kind!r} is not one of auto, flat, ivf, hnsw")
+        for name in ("exact_max_items", "filter_exact_max", "build_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 0")
+        for name in (
+            "nprobe",
+            "train_points_per_list",
+            "M",
+            "ef_search",
+            "ef_construction",
+            "search_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"nlist: {self.nlist} must be >= 1")
+
+    def resolve_kind(self, n_items: int) -> IndexKind:
+        """The concrete kind to build for `n_items` rows."""
+        if self.kind != "auto":
+            return self.kind
+        return "flat" if n_items <= self.exact_max_items else AUTO_APPROXIMATE_KIND
+
+    def ivf_nlist(self, n_items: int) -> int:
+        """Number of IVF lists for `n_items` rows: the configured one, else about sqrt(N), at most N."""
+        nlist = self.nlist if self.nlist is not None else max(1, round(math.sqrt(n_items)))
+        return max(1, min(nlist, n_items))

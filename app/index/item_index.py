@@ -1,0 +1,311 @@
+"""ItemIndex: inner-product top-k over item vectors (flat, IVF or HNSW), with exclusions and allowed masks.
+
+Rows are 0..N-1 in the order vectors were given to `build` then `add`; mapping rows to external item ids is the
+caller's (the artifact keeps that table beside the index file).
+
+Thread safety: any number of threads may call `search` at once (FAISS releases the GIL while it searches), and
+one thread may `add` meanwhile: a readers-writer lock lets searches share the index and gives `add` (and `save`)
+exclusive use of it, so a search sees the rows either before or after an add, never half of one.
+
+Threads inside a search: OpenMP's thread count is a per-thread setting, so every call sets it for its own
+calling thread (`IndexConfig.search_threads`, 1 by default: a web process answers one user per request and
+gets its parallelism from concurrent requests, and a single query gains nothing from an OpenMP team anyway).
+`build` uses `IndexConfig.build_threads` (0: every CPU) the same way and restores the caller's setting after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from app.index.config import IndexConfig, IndexKind
+from app.index.filters import Eligibility
+from app.index.locking import ReadWriteLock
+from app.index.persist import IndexFileError, read_index_file, read_sidecar, write_index_files
+
+_PAD_SCORE = np.float32(-np.inf)
+
+
+class ItemIndex:
+    """A FAISS inner-product index over item vectors; build or load it, never construct it directly."""
+
+    def __init__(self, index: faiss.Index, kind: IndexKind, config: IndexConfig, lock: ReadWriteLock) -> None:
+        self._index = index
+        self._kind: IndexKind = kind
+        self._config = config
+        self._lock = lock
+
+    # ---- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: IndexConfig = IndexConfig()) -> ItemIndex:
+        """Index `vectors` [N, D] (row i is item row i); the kind comes from `config.resolve_kind(N)`."""
+        x = _as_matrix(vectors, "vectors")  # [N, D]
+        n, dim = x.shape
+        kind = config.resolve_kind(n)
+        with _omp_threads(config.build_threads or _cpu_count()):
+            if kind == "flat":
+                index: faiss.Index = faiss.IndexFlatIP(dim)
+            elif kind == "hnsw":
+                index = faiss.IndexHNSWFlat(dim, config.M, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = config.ef_construction
+            else:
+                index = _trained_ivf(x, config)
+            if n:
+                index.add(x)
+        return cls(index, kind, config, ReadWriteLock())
+
+    @classmethod
+    def load(cls, path: Path, config: IndexConfig | None = None) -> ItemIndex:
+        """Read an index written by `save`; `config` (optional) replaces the saved search settings."""
+        path = Path(path)
+        sidecar = read_sidecar(path)
+        index = read_index_file(path)
+        expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}
+        if sidecar.kind not in expected or not isinstance(index, expected[sidecar.kind]):
+            raise IndexFileError(
+                f"index file {path}: holds {type(index).__name__}, sidecar says {sidecar.kind!r}"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexFileError(f"index file {path}: metric {index.metric_type} is not inner product")
+        if (index.d, index.ntotal) != (sidecar.dim, sidecar.ntotal):
+            raise IndexFileError(
+                f"index file {path}: holds {index.ntotal} rows of dimension {index.d}, "
+                f"sidecar says {sidecar.ntotal} of dimension {sidecar.dim}"
+            )
+        if isinstance(index, faiss.IndexIVF) and index.direct_map.no():
+            index.make_direct_map()
+        if config is None:
+            config = _config_from_dict(sidecar.config, path)
+        return cls(index, sidecar.kind, config, ReadWriteLock())  # type: ignore[arg-type]
+
+    def save(self, path: Path) -> None:
+        """Write the index to `path` and its sidecar `<path>.json`, each atomically (temp file, then rename)."""
+        with self._lock.read():  # a concurrent add would be torn; concurrent searches are harmless
+            write_index_files(self._index, Path(path), self._kind, dataclasses.asdict(self._config))
+
+    def with_search_params(self, **changes: Any) -> ItemIndex:
+        """A view of the same index (rows, lock) searching with other settings, e.g. `nprobe=32`."""
+        allowed = {"nprobe", "ef_search", "filter_exact_max", "search_threads"}
+        if unknown := set(changes) - allowed:
+            raise ValueError(
+                f"with_search_params: {sorted(unknown)} cannot change after build ({sorted(allowed)})"
+            )
+        return ItemIndex(self._index, self._kind, dataclasses.replace(self._config, **changes), self._lock)
+
+    # ---- properties ---------------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        """Number of rows."""
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension D."""
+        return int(self._index.d)
+
+    @property
+    def kind(self) -> IndexKind:
+        """The concrete kind built: flat, ivf or hnsw."""
+        return self._kind
+
+    @property
+    def config(self) -> IndexConfig:
+        """The settings this index was built with (search settings as of `with_search_params`)."""
+        return self._config
+
+    @property
+    def nlist(self) -> int | None:
+        """Number of IVF lists (None for other kinds)."""
+        return int(self._index.nlist) if isinstance(self._index, faiss.IndexIVF) else None
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return f"ItemIndex(kind={self._kind!r}, ntotal={self.ntotal}, dim={self.dim})"
+
+    # ---- mutation and reads -------------------------------------------------------------------------------
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append rows (items embedded after training); returns their row ids int64 [n]."""
+        x = _as_matrix(vectors, "vectors")  # [n, D]
+        self._check_dim(x, "vectors")
+        with self._lock.write(), _omp_threads(self._config.build_threads or _cpu_count()):
+            start = self.ntotal
+            if x.shape[0]:
+                self._index.add(x)  # IVF: assigned to the trained lists; the direct map follows
+        return np.arange(start, start + x.shape[0], dtype=np.int64)
+
+    def vectors(self, rows: np.ndarray | Collection[int]) -> np.ndarray:
+        """The stored vectors of `rows`: float32 [n, D] (e.g. the query of a similar-items search)."""
+        ids = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64).ravel()
+        with self._lock.read():
+            if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
+                bad = ids[(ids < 0) | (ids >= self.ntotal)][0]
+                raise ValueError(f"rows: {bad} is not a row of this index (0..{self.ntotal - 1})")
+            return self._index.reconstruct_batch(ids) if ids.size else np.empty((0, self.dim), np.float32)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[int] | np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows by inner product: (scores float32 [Q, k], rows int64 [Q, k]), padded with -inf / -1.
+
+        `exclude`: rows never returned (seen, hidden, deleted, an exclude list). `allowed`: bool mask over the
+        rows; only rows set in it may come back. k rows come back whenever k rows are eligible.
+        """
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise ValueError(f"k: {k!r} must be a non-negative integer")
+        q = _as_matrix(queries, "queries")  # [Q, D]
+        self._check_dim(q, "queries")
+        n_queries = q.shape[0]
+        scores = np.full((n_queries, k), _PAD_SCORE, dtype=np.float32)  # [Q, k]
+        rows = np.full((n_queries, k), -1, dtype=np.int64)  # [Q, k]
+        with self._lock.read(), _omp_threads(self._config.search_threads):
+            eligible = Eligibility.of(self.ntotal, exclude, allowed)
+            k_eff = min(int(k), eligible.n_eligible)
+            if k_eff == 0 or n_queries == 0:
+                return scores, rows
+            if (
+                self._kind != "flat"
+                and eligible.restricted
+                and eligible.n_eligible <= self._config.filter_exact_max
+            ):
+                found_s, found_r = self._search_subset(q, k_eff, eligible.rows())
+            else:
+                found_s, found_r = self._search_faiss(q, k_eff, eligible)
+        scores[:, :k_eff] = found_s
+        rows[:, :k_eff] = found_r
+        return scores, rows
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _check_dim(self, x: np.ndarray, name: str) -> None:
+        """Raise ValueError when `x` [n, D'] does not match the index dimension D."""
+        if x.shape[1] != self.dim:
+            raise ValueError(f"{name}: dimension {x.shape[1]} does not match the index dimension {self.dim}")
+
+    def _search_faiss(self, q: np.ndarray, k: int, eligible: Eligibility) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search under the eligibility selector; queries an approximate pass left short are redone exactly."""
+        selector, keep_alive = eligible.selector()
+        scores, rows = self._index.search(q, k, params=self._params(selector))  # [Q, k], [Q, k]
+        short = np.flatnonzero((rows < 0).any(axis=1))  # [S] queries with fewer than k eligible rows found
+        if short.size and self._kind != "flat":
+            # The graph walk or the probed lists held too few eligible rows: rescan those queries exhaustively.
+            exact_s, exact_r = self._exact_index().search(
+                q[short], k, params=self._params(selector, exact=True)
+            )
+            scores[short], rows[short] = exact_s, exact_r
+        del keep_alive  # the selector's buffers must outlive the searches above
+        return scores, rows
+
+    def _search_subset(self, q: np.ndarray, k: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over a small set of eligible rows, scored in numpy."""
+        vecs = self._index.reconstruct_batch(subset)  # [E, D]
+        sims = q @ vecs.T  # [Q, E]
+        if k < subset.size:
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [Q, k] unordered
+        else:
+            top = np.broadcast_to(np.arange(subset.size), sims.shape)  # [Q, k] with k == E
+        top_scores = np.take_along_axis(sims, top, axis=1)  # [Q, k]
+        order = np.argsort(-top_scores, axis=1, kind="stable")  # [Q, k]
+        return np.take_along_axis(top_scores, order, axis=1), subset[np.take_along_axis(top, order, axis=1)]
+
+    def _params(self, selector: faiss.IDSelector | None, *, exact: bool = False) -> faiss.SearchParameters:
+        """Per-call search parameters (nothing mutates the shared index, so concurrent calls cannot interfere)."""
+        params: faiss.SearchParameters
+        if isinstance(self._index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = (
+                int(self._index.nlist) if exact else min(self._config.nprobe, int(self._index.nlist))
+            )
+        elif isinstance(self._index, faiss.IndexHNSW) and not exact:
+            hnsw_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from the stubs
+            hnsw_params.efSearch = self._config.ef_search
+            params = hnsw_params
+        else:
+            params = faiss.SearchParameters()
+        params.sel = selector
+        return params
+
+    def _exact_index(self) -> faiss.Index:
+        """An index answering exactly over the same rows: HNSW's flat storage, IVF itself (probing all lists)."""
+        if isinstance(self._index, faiss.IndexHNSW):
+            return faiss.downcast_index(self._index.storage)
+        return self._index
+
+
+def _trained_ivf(x: np.ndarray, config: IndexConfig) -> faiss.IndexIVFFlat:
+    """An IVF-Flat inner-product index whose lists are trained by k-means on (a sample of) `x` [N, D]."""
+    n, dim = x.shape
+    if n == 0:
+        raise ValueError("vectors: an IVF index needs at least one vector to train its lists, got 0 rows")
+    nlist = config.ivf_nlist(n)
+    quantizer = faiss.IndexFlatIP(dim)  # the IVF wrapper keeps a Python reference to it
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = config.seed
+    sample_size = nlist * config.train_points_per_list
+    if n > sample_size:
+        sample = np.random.default_rng(config.seed).choice(n, size=sample_size, replace=False)  # [S]
+        train = x[np.sort(sample)]  # [S, D]
+    else:
+        train = x
+    index.train(train)
+    index.make_direct_map()  # row -> (list, offset): `vectors()` and exact scoring of small filtered sets
+    return index
+
+
+def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
+    """`x` as a C-contiguous float32 [n, D] array of finite values, or ValueError naming `name`."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array [n, D], got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name}: dimension must be at least 1, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+        raise ValueError(f"{name}[{bad}]: contains NaN or infinity")
+    return arr
+
+
+@contextmanager
+def _omp_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` OpenMP threads in this thread, then restore this thread's setting."""
+    before = faiss.omp_get_max_threads()
+    if before != n:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            faiss.omp_set_num_threads(before)
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _config_from_dict(raw: dict[str, Any], path: Path) -> IndexConfig:
+    """The IndexConfig saved in a sidecar; fields unknown to this version are ignored."""
+    known = {f.name for f in dataclasses.fields(IndexConfig)}
+    try:
+        return IndexConfig(**{key: value for key, value in raw.items() if key in known})
+    except (TypeError, ValueError) as exc:
+        raise IndexFileError(f"index file {path}: sidecar config is invalid ({exc})") from exc
