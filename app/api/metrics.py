@@ -1,0 +1,107 @@
+"""Prometheus metrics of one API process (each app has its own registry)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.cache import Cache
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    """Counters and histograms the routes and services update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "reco_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "reco_http_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "reco_events_ingested", "Events by outcome", ["outcome"], registry=self.registry
+        )
+        self.training_seconds = Histogram(
+            "reco_training_job_seconds",
+            "Training job durations seen by this process",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
+
+    def watch(self, name: str, read: Callable[[], Iterator[GaugeMetricFamily]]) -> None:
+        """Export values read at scrape time (cache hit ratio, active model version)."""
+
+        class _Reader(Collector):
+            def collect(self) -> Iterator[GaugeMetricFamily]:
+                yield from read()
+
+        self.registry.register(_Reader())
+
+
+def cache_gauges(cache: Cache) -> Callable[[], Iterator[GaugeMetricFamily]]:
+    """Hit ratio, hits, misses and errors of the cache."""
+
+    def read() -> Iterator[GaugeMetricFamily]:
+        stats = cache.stats
+        ratio = GaugeMetricFamily("reco_cache_hit_ratio", "Cache hits over lookups", labels=["backend"])
+        ratio.add_metric([cache.name], stats.hit_ratio)
+        yield ratio
+        for name, value in (("hits", stats.hits), ("misses", stats.misses), ("errors", stats.errors)):
+            g = GaugeMetricFamily(f"reco_cache_{name}", f"Cache {name} since start", labels=["backend"])
+            g.add_metric([cache.name], value)
+            yield g
+
+    return read
+
+
+class MetricsMiddleware:
+    """Counts requests and their latency per route template (pure ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict) -> None:  # type: ignore[type-arg]
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)  # type: ignore[arg-type]
+        finally:
+            route = _route_template(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", []):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return str(candidate.path)
+    return "unmatched"

@@ -1,0 +1,58 @@
+"""POST /v1/events."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import batch_list, get_state, read_json, require
+from app.db.engine import run_transaction
+from app.errors import ValidationFailed
+from app.events import service
+from app.events.schemas import IngestResult
+
+router = APIRouter(tags=["events"])
+
+
+@router.post(
+    "/v1/events",
+    response_model=IngestResult,
+    dependencies=[Depends(require("ingest"))],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatchIn"}}},
+        }
+    },
+    responses={413: {"description": "batch or body over the limit"}, 422: {"description": "no valid event"}},
+)
+async def post_events(request: Request) -> IngestResult:
+    """Record a batch of events; each is validated on its own, valid ones are stored durably before the answer."""
+    state = get_state(request)
+    settings = state.settings
+    body = await read_json(request, settings.max_body_bytes)
+    raw = batch_list(body, "events", settings.max_batch)
+
+    def work() -> IngestResult:
+        batch = service.validate_events(
+            raw,
+            event_types=frozenset(settings.event_weights),
+            max_future=timedelta(seconds=settings.max_future_seconds),
+        )
+        if raw and not batch.events and not batch.in_batch_duplicates:
+            details = [{"loc": r.loc, "msg": r.error} for r in batch.rejected]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            raise ValidationFailed(
+                f"events[{batch.rejected[0].index}].{batch.rejected[0].error}{more}", details=details
+            )
+        accepted, duplicates = run_transaction(state.sessions, lambda s: service.store(s, batch))
+        service.after_commit(state.cache, batch.events)
+        metrics = state.metrics.events
+        metrics.labels("accepted").inc(accepted)
+        metrics.labels("duplicate").inc(duplicates)
+        metrics.labels("rejected").inc(len(batch.rejected))
+        return IngestResult(accepted=accepted, duplicates=duplicates, rejected=batch.rejected)
+
+    return await run_in_threadpool(work)

@@ -1,0 +1,60 @@
+"""/healthz, /readyz, /metrics: no key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import get_state
+from app.api.responses import FastJSONResponse
+from app.api.state import AppState
+from app.errors import NotFound
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+def readiness(state: AppState) -> dict[str, str]:
+    """Each dependency's state: `ok`, or what is wrong with it."""
+    checks: dict[str, str] = {}
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means "not ready"; the message names it
+        checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
+    checks["cache"] = "ok" if state.cache.ping() else "unavailable (answers are served uncached)"
+    return checks
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> FastJSONResponse:
+    """Database, cache and a model (or the popular fallback) are usable; 503 naming what is not."""
+    checks = await run_in_threadpool(readiness, get_state(request))
+    failing = [name for name, value in checks.items() if value != "ok" and name != "cache"]
+    if failing:
+        body = {
+            "error": {
+                "code": "unavailable",
+                "message": f"not ready: {', '.join(failing)} unavailable",
+                "details": [{"dependency": k, "status": v} for k, v in checks.items()],
+            }
+        }
+        return FastJSONResponse(body, status_code=503)
+    return FastJSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    state = get_state(request)
+    if not state.settings.metrics_enabled:
+        raise NotFound("metrics are disabled (RECO_METRICS_ENABLED=false)")
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,25 @@
+"""What the lifespan builds and hands to the routes through `request.state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.api.metrics import Metrics
+from app.auth.keys import KeyVerifier
+from app.cache import Cache
+from app.settings import Settings
+
+
+@dataclass
+class AppState:
+    """Clients of one API process; built in the lifespan, never at import."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    cache: Cache
+    keys: KeyVerifier
+    metrics: Metrics

@@ -1,0 +1,1 @@
+"""API keys: creation (shown once), hashed storage, constant-time verification with a short memory."""

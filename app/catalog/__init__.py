@@ -1,0 +1,1 @@
+"""The catalog (items) and users: schemas, SQL, services."""

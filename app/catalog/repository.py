@@ -1,0 +1,138 @@
+"""SQL for items and users."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, exists, func, literal_column, select
+from sqlalchemy.orm import Session
+
+from app.db.tables import Item, User, utcnow
+from app.records import ItemRecord
+
+
+def upsert_items(session: Session, rows: Sequence[tuple[str, dict[str, Any]]]) -> list[Item]:
+    """Create or update items; only the fields given are changed; a hidden item becomes visible again."""
+    ids = [item_id for item_id, _ in rows]
+    existing = {i.item_id: i for i in session.scalars(select(Item).where(Item.item_id.in_(ids)))}
+    out = []
+    for item_id, fields in rows:
+        item = existing.get(item_id)
+        if item is None:
+            item = Item(item_id=item_id, categories=[], tags=[], available=True, deleted=False, attributes={})
+            session.add(item)
+            existing[item_id] = item
+        for name, value in fields.items():
+            setattr(item, name, value)
+        item.deleted = False
+        item.updated_at = utcnow()
+        out.append(item)
+    session.flush()
+    return out
+
+
+def get_item(session: Session, item_id: str) -> Item | None:
+    """A visible item (not deleted), or None."""
+    return session.scalar(select(Item).where(Item.item_id == item_id, Item.deleted.is_(False)))
+
+
+def _has_category(session: Session, category: str) -> ColumnElement[bool]:
+    if session.get_bind().dialect.name == "postgresql":
+        return literal_column("items.categories::jsonb").op("?")(category)  # type: ignore[no-any-return]
+    each = func.json_each(Item.categories).table_valued("value")
+    return exists(select(1).select_from(each).where(each.c.value == category))
+
+
+def list_items(
+    session: Session, *, after_id: int, limit: int, category: str | None, available: bool | None
+) -> list[Item]:
+    """Visible items in id order after the cursor, filtered."""
+    stmt = select(Item).where(Item.deleted.is_(False), Item.id > after_id)
+    if category:
+        stmt = stmt.where(_has_category(session, category))
+    if available is not None:
+        stmt = stmt.where(Item.available.is_(available))
+    return list(session.scalars(stmt.order_by(Item.id).limit(limit)))
+
+
+def hide_item(session: Session, item_id: str) -> bool:
+    """Mark an item deleted; False when there is no such visible item."""
+    item = get_item(session, item_id)
+    if item is None:
+        return False
+    item.deleted = True
+    item.updated_at = utcnow()
+    return True
+
+
+def iter_item_records(session: Session, *, chunk_size: int = 10_000) -> Iterator[ItemRecord]:
+    """Every item with its features (hidden ones too: serving filters them), streamed."""
+    stmt = select(
+        Item.item_id,
+        Item.title,
+        Item.categories,
+        Item.tags,
+        Item.price,
+        Item.available,
+        Item.deleted,
+        Item.published_at,
+        Item.attributes,
+    ).order_by(Item.id)
+    for r in session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size)):
+        yield ItemRecord(
+            item_id=r.item_id,
+            title=r.title,
+            categories=tuple(r.categories or ()),
+            tags=tuple(r.tags or ()),
+            price=r.price,
+            available=bool(r.available) and not r.deleted,
+            published_at=r.published_at,
+            attributes=dict(r.attributes or {}),
+        )
+
+
+def upsert_user(session: Session, user_id: str, attributes: dict[str, Any]) -> User:
+    """Create or update a user's attributes."""
+    user = session.scalar(select(User).where(User.user_id == user_id))
+    if user is None:
+        user = User(user_id=user_id, attributes=attributes)
+        session.add(user)
+    else:
+        user.attributes = attributes
+        user.updated_at = utcnow()
+    session.flush()
+    return user
+
+
+def get_user(session: Session, user_id: str) -> User | None:
+    """A user, or None."""
+    return session.scalar(select(User).where(User.user_id == user_id))
+
+
+def delete_user(session: Session, user_id: str) -> bool:
+    """Remove the user row; False when absent."""
+    result = session.execute(delete(User).where(User.user_id == user_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def ensure_items(session: Session, records: Iterable[ItemRecord]) -> int:
+    """Upsert full records (importers, demo); returns how many."""
+    rows = [
+        (
+            r.item_id,
+            {
+                "title": r.title,
+                "categories": list(r.categories),
+                "tags": list(r.tags),
+                "price": r.price,
+                "available": r.available,
+                "published_at": r.published_at,
+                "attributes": dict(r.attributes),
+            },
+        )
+        for r in records
+    ]
+    for start in range(0, len(rows), 1000):
+        upsert_items(session, rows[start : start + 1000])
+    return len(rows)

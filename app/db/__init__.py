@@ -1,0 +1,1 @@
+"""The relational store: tables, engine and session factories."""

@@ -1,0 +1,1 @@
+"""Events: validation, the append-only store and ingestion."""

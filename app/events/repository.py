@@ -1,0 +1,142 @@
+"""SQL for the append-only event table: bulk insert, latest events of a user, streaming reads, erasure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from app.db.tables import Event
+from app.records import EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A validated event ready to insert."""
+
+    event_id: str | None
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None
+    ts: datetime
+
+
+_PG_INSERT_USERS = text(
+    "INSERT INTO users (user_id, attributes) SELECT u, '{}' FROM unnest(CAST(:ids AS text[])) AS u "
+    "ON CONFLICT (user_id) DO NOTHING"
+)
+_PG_INSERT_ITEMS = text(
+    "INSERT INTO items (item_id, categories, tags, available, deleted, attributes) "
+    "SELECT u, '[]', '[]', true, false, '{}' FROM unnest(CAST(:ids AS text[])) AS u "
+    "ON CONFLICT (item_id) DO NOTHING"
+)
+_PG_INSERT_EVENTS = text(
+    "INSERT INTO events (event_id, user_id, item_id, type, value, ts) "
+    "SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:user_ids AS text[]), CAST(:item_ids AS text[]), "
+    "CAST(:types AS text[]), CAST(:values AS float8[]), CAST(:ts AS timestamptz[])) "
+    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+)
+
+
+def _as_utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _sqlite_ts(ts: datetime) -> str:
+    """The text form SQLAlchemy's DateTime uses on SQLite (UTC, naive)."""
+    return _as_utc(ts).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
+    """Insert events, skipping event_ids already stored; create unknown users and items. Returns rows stored."""
+    if not events:
+        return 0
+    users = sorted({e.user_id for e in events})  # a fixed lock order: concurrent batches cannot deadlock
+    items = sorted({e.item_id for e in events})
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_PG_INSERT_USERS, {"ids": users})
+        session.execute(_PG_INSERT_ITEMS, {"ids": items})
+        result = session.execute(
+            _PG_INSERT_EVENTS,
+            {
+                "event_ids": [e.event_id for e in events],
+                "user_ids": [e.user_id for e in events],
+                "item_ids": [e.item_id for e in events],
+                "types": [e.type for e in events],
+                "values": [e.value for e in events],
+                "ts": [_as_utc(e.ts) for e in events],
+            },
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+    conn = session.connection()
+    conn.exec_driver_sql(
+        "INSERT OR IGNORE INTO users (user_id, attributes) VALUES (?, '{}')", [(u,) for u in users]
+    )
+    conn.exec_driver_sql(
+        "INSERT OR IGNORE INTO items (item_id, categories, tags, available, deleted, attributes) "
+        "VALUES (?, '[]', '[]', 1, 0, '{}')",
+        [(i,) for i in items],
+    )
+    cursor = conn.exec_driver_sql(
+        "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.event_id, e.user_id, e.item_id, e.type, e.value, _sqlite_ts(e.ts)) for e in events],
+    )
+    return int(cursor.rowcount)
+
+
+def recent_events(session: Session, user_id: str, limit: int) -> list[EventRecord]:
+    """The user's latest `limit` events, newest first (ties: the later insert first)."""
+    rows = session.execute(
+        select(Event.event_id, Event.item_id, Event.type, Event.value, Event.ts)
+        .where(Event.user_id == user_id)
+        .order_by(Event.ts.desc(), Event.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        EventRecord(
+            user_id=user_id,
+            item_id=r.item_id,
+            type=r.type,
+            timestamp=_as_utc(r.ts),
+            value=r.value,
+            event_id=r.event_id,
+        )
+        for r in rows
+    ]
+
+
+def count_for_user(session: Session, user_id: str) -> int:
+    """How many events the user has."""
+    return int(session.scalar(select(func.count()).select_from(Event).where(Event.user_id == user_id)) or 0)
+
+
+def delete_for_user(session: Session, user_id: str) -> int:
+    """Erase every event of a user; returns how many."""
+    result = session.execute(delete(Event).where(Event.user_id == user_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def iter_interactions(
+    session: Session, *, chunk_size: int = 50_000, since_id: int = 0
+) -> Iterator[list[tuple]]:
+    """Stream `(id, user_id, item_id, type, value, epoch_seconds)` in insertion order, chunk by chunk.
+
+    Uses a server-side cursor on PostgreSQL (no whole-table load, no ORM objects).
+    """
+    stmt = (
+        select(Event.id, Event.user_id, Event.item_id, Event.type, Event.value, Event.ts)
+        .where(Event.id > since_id)
+        .order_by(Event.id)
+    )
+    result = session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size))
+    for partition in result.partitions(chunk_size):
+        yield [(r[0], r[1], r[2], r[3], r[4], _as_utc(r[5]).timestamp()) for r in partition]
+
+
+def max_event_id(session: Session) -> int:
+    """The newest event's row id (0 when empty)."""
+    return int(session.scalar(select(func.max(Event.id))) or 0)

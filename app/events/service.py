@@ -1,0 +1,95 @@
+"""Ingestion: validate each event on its own, store the valid ones idempotently, tell the cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.cache import Cache
+from app.cache import keys as cache_keys
+from app.events import repository
+from app.events.repository import NewEvent
+from app.events.schemas import EventIn, Rejection
+from app.validation import describe, dotted
+
+
+@dataclass
+class Validated:
+    """A batch split into storable events and per-index rejections."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    in_batch_duplicates: int = 0
+
+
+def validate_events(
+    raw: list[Any], *, event_types: frozenset[str], max_future: timedelta, now: datetime | None = None
+) -> Validated:
+    """Check every event independently; an invalid one never blocks the valid ones of the same batch."""
+    now = now or datetime.now(UTC)
+    horizon = now + max_future
+    out = Validated()
+    seen_ids: set[str] = set()
+    known = ", ".join(sorted(event_types))
+    for index, item in enumerate(raw):
+        prefix: list[str | int] = ["events", index]
+        if not isinstance(item, dict):
+            out.rejected.append(
+                Rejection(index=index, error=f"{dotted(prefix)}: must be an object", loc=list(prefix))
+            )
+            continue
+        try:
+            event = EventIn.model_validate(item)
+        except ValidationError as exc:
+            detail = describe(exc, prefix)[0]
+            out.rejected.append(
+                Rejection(
+                    index=index, error=f"{dotted(detail['loc'][2:])}: {detail['msg']}", loc=detail["loc"]
+                )
+            )
+            continue
+        if event.type not in event_types:
+            out.rejected.append(
+                Rejection(
+                    index=index,
+                    error=f"type: unknown event type {event.type!r}; use one of {known} (or configure it)",
+                    loc=[*prefix, "type"],
+                )
+            )
+            continue
+        ts = event.timestamp or now
+        ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        if ts > horizon:
+            out.rejected.append(
+                Rejection(
+                    index=index,
+                    error=f"timestamp: {ts.isoformat()} is more than {max_future} in the future; send UTC times",
+                    loc=[*prefix, "timestamp"],
+                )
+            )
+            continue
+        if event.event_id is not None:
+            if event.event_id in seen_ids:
+                out.in_batch_duplicates += 1
+                continue
+            seen_ids.add(event.event_id)
+        out.events.append(NewEvent(event.event_id, event.user_id, event.item_id, event.type, event.value, ts))
+    return out
+
+
+def store(session: Session, batch: Validated) -> tuple[int, int]:
+    """Insert the valid events; returns (accepted, duplicates). The caller commits."""
+    stored = repository.insert_batch(session, batch.events)
+    duplicates = batch.in_batch_duplicates + (len(batch.events) - stored)
+    return stored, duplicates
+
+
+def after_commit(cache: Cache, events: list[NewEvent]) -> None:
+    """Invalidate every cached answer of the users who just acted (by bumping their generation)."""
+    users = sorted({e.user_id for e in events})
+    if users:
+        cache.incr_many([cache_keys.user_generation(u) for u in users])

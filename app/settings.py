@@ -1,0 +1,142 @@
+"""Service settings from `RECO_*` environment variables and `.env`; imports no app code."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+    "rating": 3.0,
+}
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see README.md "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="sqlite:///./var/reco.db",
+        description="sqlite:///path or postgresql://user@host/db; the service picks its driver",
+    )
+    redis_url: str | None = Field(default=None, description="redis://host:port/db; unset = in-process cache")
+    artifact_dir: Path = Field(default=Path("./var/artifacts"), description="model versions live here")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="static keys 'KEY:scope+scope,...' (comma separated), besides keys created by `reco keys create`",
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="JSON object of event type -> training weight; adding a type makes it acceptable",
+    )
+    max_batch: int = Field(default=5000, ge=1, le=100_000, description="events or items in one request")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request body size cap")
+    max_future_seconds: int = Field(
+        default=86_400, ge=0, description="how far in the future a timestamp may be"
+    )
+    recent_events: int = Field(default=50, ge=1, le=1000, description="history length L read per request")
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+    key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="how long a verified API key is remembered"
+    )
+    embedded_worker: bool | None = Field(
+        default=None, description="run the trainer inside `reco serve`; default: on for SQLite, off otherwise"
+    )
+    log_level: str = Field(default="INFO")
+    metrics_enabled: bool = Field(default=True)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            key, _, scopes = entry.partition(":")
+            if len(key) < 16 or not scopes:
+                raise ValueError("each entry must be 'KEY:scope+scope' with a key of at least 16 characters")
+            for scope in scopes.split("+"):
+                if scope not in ("ingest", "read", "admin"):
+                    raise ValueError(f"unknown scope {scope!r}: use ingest, read or admin")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("event_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("needs at least one event type")
+        for name, weight in value.items():
+            if not name or len(name) > 32:
+                raise ValueError(f"event type {name!r} must have 1 to 32 characters")
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the embedded SQLite store is configured."""
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def run_embedded_worker(self) -> bool:
+        """Whether `reco serve` also runs the trainer in the background."""
+        return self.is_sqlite if self.embedded_worker is None else self.embedded_worker
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the driver the service uses (psycopg 3 for PostgreSQL)."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @cached_property
+    def static_keys(self) -> dict[str, frozenset[str]]:
+        """Keys given in configuration, mapped to their scopes."""
+        out: dict[str, frozenset[str]] = {}
+        for entry in self.api_keys:
+            key, _, scopes = entry.partition(":")
+            out[key] = frozenset(scopes.split("+"))
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning a validation error into one readable message naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            lines.append(f"RECO_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise SystemExit("invalid configuration:\n  " + "\n  ".join(lines)) from None
