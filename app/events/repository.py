@@ -26,12 +26,13 @@ class NewEvent:
 
 
 _PG_INSERT_USERS = text(
-    "INSERT INTO users (user_id, attributes) SELECT u, '{}' FROM unnest(CAST(:ids AS text[])) AS u "
+    "INSERT INTO users (user_id, attributes, created_at, updated_at) SELECT u, '{}', now(), now() "
+    "FROM unnest(CAST(:ids AS text[])) AS u "
     "ON CONFLICT (user_id) DO NOTHING"
 )
 _PG_INSERT_ITEMS = text(
-    "INSERT INTO items (item_id, categories, tags, available, deleted, attributes) "
-    "SELECT u, '[]', '[]', true, false, '{}' FROM unnest(CAST(:ids AS text[])) AS u "
+    "INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at) "
+    "SELECT u, '[]', '[]', true, false, '{}', now(), now() FROM unnest(CAST(:ids AS text[])) AS u "
     "ON CONFLICT (item_id) DO NOTHING"
 )
 _PG_INSERT_EVENTS = text(
@@ -73,16 +74,20 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
     conn = session.connection()
+    now = _sqlite_ts(datetime.now(UTC))
     conn.exec_driver_sql(
-        "INSERT OR IGNORE INTO users (user_id, attributes) VALUES (?, '{}')", [(u,) for u in users]
+        "INSERT INTO users (user_id, attributes, created_at, updated_at) VALUES (?, '{}', ?, ?) "
+        "ON CONFLICT (user_id) DO NOTHING",
+        [(u, now, now) for u in users],
     )
     conn.exec_driver_sql(
-        "INSERT OR IGNORE INTO items (item_id, categories, tags, available, deleted, attributes) "
-        "VALUES (?, '[]', '[]', 1, 0, '{}')",
-        [(i,) for i in items],
+        "INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at) "
+        "VALUES (?, '[]', '[]', 1, 0, '{}', ?, ?) ON CONFLICT (item_id) DO NOTHING",
+        [(i, now, now) for i in items],
     )
     cursor = conn.exec_driver_sql(
-        "INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (event_id, user_id, item_id, type, value, ts) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id) DO NOTHING",
         [(e.event_id, e.user_id, e.item_id, e.type, e.value, _sqlite_ts(e.ts)) for e in events],
     )
     return int(cursor.rowcount)
