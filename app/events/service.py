@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.cache import Cache
 from app.cache import keys as cache_keys
+from app.db.engine import run_transaction
 from app.events import repository
 from app.events.repository import NewEvent
 from app.events.schemas import EventIn, Rejection
+from app.records import EventRecord
 from app.validation import describe, dotted
 
 
@@ -93,3 +96,32 @@ def after_commit(cache: Cache, events: list[NewEvent]) -> None:
     users = sorted({e.user_id for e in events})
     if users:
         cache.incr_many([cache_keys.user_generation(u) for u in users])
+
+
+def load_events(
+    sessions: sessionmaker[Session], events: Iterable[EventRecord], *, source: str, chunk_size: int = 5000
+) -> tuple[int, int]:
+    """Bulk-load records (importers, demo) in chunked transactions; returns (stored, duplicates).
+
+    Events without an id get a deterministic one (`source:user:item:type:epoch`), so loading the same file twice
+    stores it once.
+    """
+    stored = duplicates = 0
+    chunk: list[NewEvent] = []
+
+    def flush() -> None:
+        nonlocal stored, duplicates
+        inserted = run_transaction(sessions, lambda s: repository.insert_batch(s, chunk))
+        stored += inserted
+        duplicates += len(chunk) - inserted
+        chunk.clear()
+
+    for e in events:
+        ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
+        event_id = e.event_id or f"{source}:{e.user_id}:{e.item_id}:{e.type}:{ts.timestamp():.0f}"
+        chunk.append(NewEvent(event_id[:256], e.user_id, e.item_id, e.type, e.value, ts))
+        if len(chunk) >= chunk_size:
+            flush()
+    if chunk:
+        flush()
+    return stored, duplicates

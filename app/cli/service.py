@@ -1,0 +1,53 @@
+"""`reco serve`."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from app.db.engine import make_engine
+from app.db.migrate import upgrade
+from app.settings import load_settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the serving commands."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the API",
+        description="Run the HTTP API (and, in embedded mode, the trainer). Settings: RECO_* variables.",
+    )
+    add_server_options(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """--host, --port, --workers."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+
+def run_server(host: str, port: int, workers: int) -> None:
+    """Upgrade the embedded store if needed, then run uvicorn with the app factory."""
+    settings = load_settings()
+    if settings.is_sqlite:
+        engine = make_engine(settings)
+        upgrade(engine)
+        engine.dispose()
+    uvicorn.run(
+        "app.api.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted."""
+    run_server(args.host, args.port, args.workers)
+    return 0
