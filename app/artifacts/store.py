@@ -1,0 +1,280 @@
+"""Model versions on disk: a directory per version, written to a temporary directory and renamed atomically.
+
+Layout: `manifest.json` (version, config, data statistics, metrics, file checksums), `model.pt` (state_dict,
+read with `weights_only=True`), `item_vectors.npy` ([N, d+1] float32: (v, b), read with
+`allow_pickle=False`) and `item_ids.json` (row i of the vectors). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.ml.config import TrainConfig
+from app.ml.features import feature_row
+from app.ml.model import RecModel
+from app.ml.train import FitResult, describe
+from app.records import ItemRecord
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.pt"
+VECTORS_FILE = "item_vectors.npy"
+IDS_FILE = "item_ids.json"
+DATA_FILES = (MODEL_FILE, VECTORS_FILE, IDS_FILE)
+
+
+class ArtifactError(ValueError):
+    """A model version directory is missing, incomplete or corrupt; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_versions(artifact_dir: Path) -> list[str]:
+    """Names of the complete version directories, oldest first (names sort by time)."""
+    if not artifact_dir.is_dir():
+        return []
+    return sorted(p.name for p in artifact_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _new_version(artifact_dir: Path) -> str:
+    version = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    existing = list_versions(artifact_dir)
+    suffix = 0
+    candidate = version
+    # Versions must sort after every existing one (serving loads only newer versions).
+    while candidate in existing or (existing and candidate <= existing[-1]):
+        suffix += 1
+        candidate = f"{max(version, existing[-1].split('.')[0])}.{suffix:03d}"
+    return candidate
+
+
+@torch.inference_mode()
+def item_table(model: RecModel) -> np.ndarray:
+    """The (v, b) rows of the whole catalog as served ([N, d+1] float32)."""
+    model.eval()
+    return model.items(None).float().cpu().numpy().astype(np.float32)
+
+
+def save_version(result: FitResult, artifact_dir: Path, version: str | None = None) -> Path:
+    """Write a model version atomically under `artifact_dir` and return its directory."""
+    artifact_dir = Path(artifact_dir)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    version = version or _new_version(artifact_dir)
+    if "/" in version or version.startswith(".") or not version:
+        raise ArtifactError(f"version: {version!r} is not a valid directory name")
+    final = artifact_dir / version
+    if final.exists():
+        raise ArtifactError(f"{final}: version {version} already exists")
+    tmp = artifact_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        model = result.model.cpu().eval()
+        torch.save(model.state_dict(), tmp / MODEL_FILE)
+        np.save(tmp / VECTORS_FILE, item_table(model), allow_pickle=False)
+        (tmp / IDS_FILE).write_text(json.dumps(result.item_ids), encoding="utf-8")
+        summary = describe(result)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(),
+            "config": result.config.to_dict(),
+            "data": result.data_stats,
+            "metrics": result.metrics,
+            "timings": result.timings,
+            "type_names": result.type_names,
+            "items": len(result.item_ids),
+            "dim": model.cfg.d + 1,
+            "parameters": summary["parameters"],
+            "files": {name: _sha256(tmp / name) for name in DATA_FILES},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        for name in (*DATA_FILES, MANIFEST):
+            with (tmp / name).open("rb") as f:
+                os.fsync(f.fileno())
+        os.rename(tmp, final)
+        _fsync_dir(artifact_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise ArtifactError(f"{file}: missing")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{file}: not a format-{FORMAT} model manifest")
+    for key in ("version", "config", "files", "type_names"):
+        if key not in manifest:
+            raise ArtifactError(f"{file}: the key {key!r} is missing")
+    return manifest
+
+
+def load_version(path: Path) -> LoadedModel:
+    """Load a version directory, refusing missing or corrupt files with an error naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such model version directory")
+    manifest = _read_manifest(path)
+    for name in DATA_FILES:
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing")
+        if _sha256(file) != manifest["files"].get(name):
+            raise ArtifactError(f"{file}: checksum differs from the manifest (corrupt or modified)")
+    try:
+        config = TrainConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path / MANIFEST}: bad config ({exc})") from exc
+    try:
+        state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+        vectors = np.load(path / VECTORS_FILE, allow_pickle=False)
+        item_ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
+    except Exception as exc:  # any decoding failure is a corrupt file
+        raise ArtifactError(f"{path}: cannot read the model files ({exc})") from exc
+    if vectors.ndim != 2 or vectors.shape != (len(item_ids), config.model.d + 1):
+        raise ArtifactError(
+            f"{path / VECTORS_FILE}: shape {vectors.shape} does not match {len(item_ids)} items x {config.model.d + 1}"
+        )
+    features = state.get("items.features")
+    if not isinstance(features, torch.Tensor):
+        raise ArtifactError(f"{path / MODEL_FILE}: the state_dict lacks items.features")
+    model = RecModel(len(item_ids), len(manifest["type_names"]), features, config.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path / MODEL_FILE}: state_dict does not fit the manifest ({exc})") from exc
+    return LoadedModel(manifest, model, item_ids, vectors.astype(np.float32, copy=False))
+
+
+class LoadedModel:
+    """A served model version: item vectors for the index, and the user tower for real-time queries."""
+
+    def __init__(
+        self, manifest: dict[str, Any], model: RecModel, item_ids: list[str], item_vectors: np.ndarray
+    ) -> None:
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.model = model.eval()
+        self.item_ids = item_ids
+        self.item_vectors = item_vectors  # [N, d+1] float32
+        self.row_of = {item: row for row, item in enumerate(item_ids)}
+        self.type_names: list[str] = list(manifest["type_names"])
+        self._type_of = {name: code for code, name in enumerate(self.type_names)}
+        self._table = torch.from_numpy(item_vectors)  # [N, d+1]
+        self.max_len = model.cfg.max_len
+        self.dim = model.cfg.d + 1
+
+    def _rows(self, recent: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        rows, types = [], []
+        unknown = len(self.type_names)
+        for item_id, event_type in recent:
+            row = self.row_of.get(item_id)
+            if row is not None:
+                rows.append(row)
+                types.append(self._type_of.get(event_type, unknown))
+        return rows[-self.max_len :], types[-self.max_len :]
+
+    def _encode(self, rows: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
+        states = self.model.encode(self._table[rows.clamp(min=0)], types, valid)  # [B, L, d]
+        return RecModel.query(states[:, -1])  # [B, d+1]
+
+    def query_vector(self, recent: Sequence[tuple[str, str]]) -> np.ndarray | None:
+        """(u, 1) for [(item_id, event_type)] oldest..newest ([d+1] float32); None when no item is known."""
+        rows, types = self._rows(recent)
+        if not rows:
+            return None
+        with torch.inference_mode():
+            query = self._encode(torch.tensor([rows]), torch.tensor([types]), None)  # [1, d+1]
+        return query[0].numpy()
+
+    def query_vectors(self, batch: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
+        """Batched `query_vector` ([B, d+1]); a history with no known item gets (0, 1): rank by item bias."""
+        encoded = [self._rows(recent) for recent in batch]
+        out = np.zeros((len(batch), self.dim), dtype=np.float32)  # [B, d+1]
+        out[:, -1] = 1.0
+        present = [i for i, (rows, _) in enumerate(encoded) if rows]
+        if not present:
+            return out
+        length = max(len(encoded[i][0]) for i in present)
+        rows = torch.full((len(present), length), -1, dtype=torch.long)  # [B', L]
+        types = torch.full((len(present), length), len(self.type_names), dtype=torch.long)  # [B', L]
+        for j, i in enumerate(present):
+            r, t = encoded[i]
+            rows[j, length - len(r) :] = torch.tensor(r)
+            types[j, length - len(t) :] = torch.tensor(t)
+        with torch.inference_mode():
+            queries = self._encode(rows, types, rows >= 0)  # [B', d+1]
+        out[present] = queries.numpy()
+        return out
+
+    def embed_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
+        """(v, b) of items unseen in training, from their features alone ([n, d+1] float32)."""
+        cfg = self.model.cfg
+        features = np.stack([feature_row(item, cfg.feature_buckets, cfg.max_features) for item in items])
+        with torch.inference_mode():
+            return self.model.items.embed_features(torch.from_numpy(features)).numpy().astype(np.float32)
+
+    def explain(
+        self, recent: Sequence[tuple[str, str]], item_rows: Sequence[int], top: int = 2
+    ) -> list[list[str]]:
+        """For each candidate row, the history items whose removal lowers its score most (leave-one-out)."""
+        rows, types = self._rows(recent)
+        if not rows or not item_rows:
+            return [[] for _ in item_rows]
+        if len(rows) == 1:
+            return [[self.item_ids[rows[0]]] for _ in item_rows]
+        n = len(rows)
+        history = torch.tensor(rows)  # [n]
+        history_types = torch.tensor(types)  # [n]
+        keep = ~torch.eye(n, dtype=torch.bool)  # [n, n]: row j drops position j
+        ablated = history.expand(n, n)[keep].view(n, n - 1)  # [n, n-1]
+        ablated_types = history_types.expand(n, n)[keep].view(n, n - 1)  # [n, n-1]
+        candidates = self._table[torch.as_tensor(list(item_rows))]  # [C, d+1]
+        with torch.inference_mode():
+            full = self._encode(history[None], history_types[None], None)  # [1, d+1]
+            dropped = self._encode(ablated, ablated_types, None)  # [n, d+1]
+            drop = (full @ candidates.T) - (dropped @ candidates.T)  # [n, C]
+        order = torch.argsort(drop, dim=0, descending=True)  # [n, C]
+        out = []
+        for c in range(len(item_rows)):
+            names: list[str] = []
+            for j in order[:, c].tolist():
+                name = self.item_ids[rows[j]]
+                if name not in names:
+                    names.append(name)
+                if len(names) == top:
+                    break
+            out.append(names)
+        return out

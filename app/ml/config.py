@@ -1,0 +1,94 @@
+"""Hyper-parameters of the model and of its training, as frozen dataclasses (JSON-able via `to_dict`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "purchase": 4.0,
+    "add_to_cart": 2.5,
+    "click": 1.5,
+    "view": 1.0,
+    "rating": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the two towers: item features -> vectors, recent events -> a user vector."""
+
+    d: int = 64
+    max_len: int = 200
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    attn_dropout: float = 0.3
+    feature_buckets: int = 1 << 14
+    max_features: int = 32
+    id_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.d <= 0 or self.d % self.heads != 0:
+            raise ValueError(f"ModelConfig.d: {self.d} must be positive and divisible by heads={self.heads}")
+        if self.max_len < 1 or self.layers < 1:
+            raise ValueError(f"ModelConfig: max_len={self.max_len} and layers={self.layers} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(
+                f"ModelConfig: dropout={self.dropout}, id_dropout={self.id_dropout} must be in [0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, loss, data and device settings of one training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    epochs: int = 200
+    batch_size: int = 64
+    patience: int = 5
+    eval_every: int = 1
+    min_epochs: int = 1
+    full_softmax_max_items: int = 50_000
+    sampled_negatives: int = 2048
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0
+    refit_on_all: bool = True
+    time_budget_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(
+                f"TrainConfig: lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, "
+                f"patience={self.patience} must all be positive"
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device: {self.device!r} is not one of 'auto', 'cpu', 'cuda'")
+        for name, weight in self.event_weights.items():
+            if weight <= 0:
+                raise ValueError(f"TrainConfig.event_weights[{name!r}]: {weight} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from `to_dict` output; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown keys {sorted(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("model"), dict):
+            model_known = {f.name for f in fields(ModelConfig)}
+            bad = set(values["model"]) - model_known
+            if bad:
+                raise ValueError(f"ModelConfig: unknown keys {sorted(bad)}")
+            values["model"] = ModelConfig(**values["model"])
+        return cls(**values)

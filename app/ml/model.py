@@ -1,0 +1,132 @@
+"""The two towers: items (ID + hashed features -> vector and bias) and users (causal self-attention)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.ml.config import ModelConfig
+
+
+class ItemTower(nn.Module):
+    """Item vector = ID embedding + mean of its feature-token embeddings; the last column is the bias."""
+
+    features: Tensor
+    id_mask: Tensor
+
+    def __init__(self, n_items: int, features: Tensor, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.id_table = nn.Embedding(n_items, cfg.d + 1)
+        self.feature_table = nn.EmbeddingBag(cfg.feature_buckets, cfg.d + 1, mode="mean", padding_idx=0)
+        self.register_buffer("features", features.to(torch.long), persistent=True)  # [N, F]
+        # 1 for items seen in training, 0 for catalog items without events: those are features-only,
+        # exactly as `embed_features` serves items added after training.
+        self.register_buffer("id_mask", torch.ones(n_items, 1), persistent=True)  # [N, 1]
+        nn.init.normal_(self.id_table.weight, std=cfg.d**-0.5)
+        nn.init.normal_(self.feature_table.weight, std=0.02)
+        with torch.no_grad():
+            self.id_table.weight[:, -1].zero_()
+            self.feature_table.weight[:, -1].zero_()
+            self.feature_table.weight[0].zero_()
+
+    def forward(self, rows: Tensor | None = None) -> Tensor:
+        """Vectors (v, b) of the given item rows, or of the whole catalog when `rows` is None."""
+        features: Tensor = self.features if rows is None else self.features[rows]  # [n, F]
+        ids = self.id_table.weight if rows is None else self.id_table(rows)  # [n, d+1]
+        ids = ids * (self.id_mask if rows is None else self.id_mask[rows])  # [n, d+1]
+        if self.training and self.cfg.id_dropout > 0:
+            # Randomly hide the ID part so the features alone must carry an item (cold start).
+            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout  # [n, 1]
+            ids = ids * keep
+        return ids + self.feature_table(features)  # [n, d+1]
+
+    def embed_features(self, features: Tensor) -> Tensor:
+        """Vectors of items known by their features only ([n, F] token ids -> [n, d+1])."""
+        return self.feature_table(features)  # [n, d+1]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal multi-head self-attention, then a GELU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_dropout = cfg.attn_dropout
+        self.ln1 = nn.LayerNorm(cfg.d)
+        self.qkv = nn.Linear(cfg.d, 3 * cfg.d)
+        self.proj = nn.Linear(cfg.d, cfg.d)
+        self.ln2 = nn.LayerNorm(cfg.d)
+        self.ffn = nn.Sequential(nn.Linear(cfg.d, 4 * cfg.d), nn.GELU(), nn.Linear(4 * cfg.d, cfg.d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x: [B, L, d]; mask: [B, 1, L, L] bool (True = may attend) or None for plain causal."""
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, d/H]
+        p = self.attn_dropout if self.training else 0.0
+        if mask is None:
+            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # [B, H, L, d/H]
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, L, d/H]
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, length, d)))  # [B, L, d]
+        return x + self.drop(self.ffn(self.ln2(x)))  # [B, L, d]
+
+
+class UserTower(nn.Module):
+    """Causal self-attention over (item vector + event type + position) of the latest L interactions."""
+
+    def __init__(self, n_types: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.positions = nn.Embedding(cfg.max_len, cfg.d)
+        self.type_table = nn.Embedding(n_types + 1, cfg.d)  # the last row: unknown type
+        self.ln_in = nn.LayerNorm(cfg.d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
+        self.ln_out = nn.LayerNorm(cfg.d)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        nn.init.normal_(self.type_table.weight, std=0.02)
+
+    def forward(self, item_vecs: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
+        """item_vecs [B, L, d], types [B, L], valid [B, L] bool (None: no padding) -> states [B, L, d]."""
+        length = item_vecs.shape[1]
+        pos = torch.arange(self.cfg.max_len - length, self.cfg.max_len, device=item_vecs.device)  # [L]
+        x = self.ln_in(item_vecs * math.sqrt(self.cfg.d) + self.positions(pos) + self.type_table(types))
+        x = self.drop(x)  # [B, L, d]
+        mask = None
+        if valid is not None:
+            x = x * valid.unsqueeze(-1)
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()  # [L, L]
+            eye = torch.eye(length, dtype=torch.bool, device=x.device)  # [L, L]
+            # A padded key is hidden except from itself, so no row of the mask is empty.
+            mask = (causal & (valid.unsqueeze(1) | eye)).unsqueeze(1)  # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_out(x)  # [B, L, d]
+
+
+class RecModel(nn.Module):
+    """Score(user, item) = u · v + b with u from the user tower and (v, b) from the item tower."""
+
+    def __init__(self, n_items: int, n_types: int, features: Tensor, cfg: ModelConfig) -> None:
+        super().__init__()
+        if n_items < 1:
+            raise ValueError("RecModel: the catalog is empty")
+        self.cfg = cfg
+        self.n_types = n_types
+        self.items = ItemTower(n_items, features, cfg)
+        self.user = UserTower(n_types, cfg)
+
+    def encode(self, item_vecs: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
+        """Sequence states from the input items' (v, b) vectors: [B, L, d+1] -> [B, L, d]."""
+        return self.user(item_vecs[..., :-1], types, valid)
+
+    @staticmethod
+    def query(states: Tensor) -> Tensor:
+        """Append the constant 1 that multiplies the item bias: [..., d] -> [..., d+1]."""
+        return torch.cat([states, torch.ones_like(states[..., :1])], dim=-1)
