@@ -42,9 +42,31 @@ _CATEGORY_PAIRS: tuple[tuple[str, str, float, float], ...] = (
     ("blender", "blender-jar", 80.0, 25.0),
     ("backpack", "rain-cover", 70.0, 15.0),
 )
-_BRANDS = ("Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbra", "Vertex", "Helio", "Nimbus", "Kestrel")
+_BRANDS = (
+    "Acme",
+    "Northwind",
+    "Contoso",
+    "Globex",
+    "Initech",
+    "Umbra",
+    "Vertex",
+    "Helio",
+    "Nimbus",
+    "Kestrel",
+)
 _ADJECTIVES = ("Compact", "Pro", "Lite", "Classic", "Ultra", "Travel", "Studio", "Smart", "Eco", "Sport")
-_TAGS = ("bestseller", "new", "eco", "premium", "budget", "gift", "waterproof", "wireless", "limited", "refurbished")
+_TAGS = (
+    "bestseller",
+    "new",
+    "eco",
+    "premium",
+    "budget",
+    "gift",
+    "waterproof",
+    "wireless",
+    "limited",
+    "refurbished",
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +103,14 @@ class DemoConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"DemoConfig.{name}: {getattr(self, name)!r} is out of range")
-        for name in ("taste_strength", "p_click", "p_add_to_cart", "p_purchase", "p_accessory",
-                     "unavailable_fraction"):
+        for name in (
+            "taste_strength",
+            "p_click",
+            "p_add_to_cart",
+            "p_purchase",
+            "p_accessory",
+            "unavailable_fraction",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"DemoConfig.{name}: {value!r} is not a probability in [0, 1]")
@@ -130,8 +158,17 @@ def build_demo_shop(config: DemoConfig = DemoConfig(), *, now: datetime = DEMO_N
         weights = np_rng.dirichlet(np.full(k, config.dirichlet_alpha))  # [k]
         favourites[user_id] = tuple(categories[c] for c in chosen)
         taste = list(accumulate(float(w) for w in weights))
-        steps = _visits(config, int(counts[u]), [int(c) for c in chosen], taste, n_cat, categories,
-                        accessory_of, pickers, rng)
+        steps = _visits(
+            config,
+            int(counts[u]),
+            [int(c) for c in chosen],
+            taste,
+            n_cat,
+            categories,
+            accessory_of,
+            pickers,
+            rng,
+        )
         events.extend(_timed(user_id, steps, config, now, rng))
 
     events.sort(key=lambda e: (e.timestamp, e.user_id))
@@ -195,7 +232,9 @@ def _catalog(
                 tags=tags,
                 price=round(max(base_price[category] * float(price_noise[i]), 1.0)) - 0.01,
                 available=not bool(unavailable[i]),
-                published_at=(now - timedelta(days=float(published_days[i]) + config.days)).replace(microsecond=0),
+                published_at=(now - timedelta(days=float(published_days[i]) + config.days)).replace(
+                    microsecond=0
+                ),
                 attributes=attributes,
             )
         )

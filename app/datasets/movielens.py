@@ -28,8 +28,25 @@ Layout = Literal["recbole", "ml-100k-original", "ml-latest"]
 
 # The genre order of ml-100k's u.genre, used when that file is absent.
 ML100K_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 # Pseudo-genres that say "no genre": they do not become categories.
 _NO_GENRE = frozenset({"unknown", "(no genres listed)"})
@@ -73,7 +90,9 @@ class EventStream(Iterator[EventRecord]):
         size = self.path.stat().st_size
         with (
             self.path.open("rb") as handle,
-            tqdm(total=size, unit="B", unit_scale=True, desc=self.path.name, disable=not self._progress) as bar,
+            tqdm(
+                total=size, unit="B", unit_scale=True, desc=self.path.name, disable=not self._progress
+            ) as bar,
         ):
             pending = 0
             parse: EventParser | None = None
@@ -130,19 +149,31 @@ def read_movielens(
         assert inter is not None  # detect_layout checked it
         items = _read_recbole_items(item, skip_malformed) if item is not None else []
         return items, EventStream(
-            inter, _recbole_event_parser, encoding="utf-8", has_header=True, progress=progress,
+            inter,
+            _recbole_event_parser,
+            encoding="utf-8",
+            has_header=True,
+            progress=progress,
             skip_malformed=skip_malformed,
         )
     if layout == "ml-100k-original":
         genres = _read_ml100k_genres(folder / "u.genre")
         items = _read_ml100k_items(folder / "u.item", genres, skip_malformed)
         return items, EventStream(
-            folder / "u.data", _ml100k_event_parser, encoding="latin-1", has_header=False, progress=progress,
+            folder / "u.data",
+            _ml100k_event_parser,
+            encoding="latin-1",
+            has_header=False,
+            progress=progress,
             skip_malformed=skip_malformed,
         )
     items = _read_latest_items(folder / "movies.csv", skip_malformed)
     return items, EventStream(
-        folder / "ratings.csv", _latest_event_parser, encoding="utf-8", has_header=True, progress=progress,
+        folder / "ratings.csv",
+        _latest_event_parser,
+        encoding="utf-8",
+        has_header=True,
+        progress=progress,
         skip_malformed=skip_malformed,
     )
 
@@ -188,7 +219,9 @@ def _recbole_event_parser(header: str) -> EventParser:
         fields = line.rstrip("\r\n").split("\t")
         if len(fields) != width:
             raise ValueError(f"expected {width} tab-separated fields, found {len(fields)}")
-        return _rating_event(fields[user], fields[item], None if rating is None else fields[rating], fields[when])
+        return _rating_event(
+            fields[user], fields[item], None if rating is None else fields[rating], fields[when]
+        )
 
     return parse
 
@@ -233,9 +266,7 @@ def _read_recbole_items(path: Path, skip_malformed: bool) -> list[ItemRecord]:
     items: list[ItemRecord] = []
     skipped = 0
     with path.open("rb") as handle:
-        lines = (
-            (number, _decode(raw, "utf-8", path, number)) for number, raw in enumerate(handle, start=1)
-        )
+        lines = ((number, _decode(raw, "utf-8", path, number)) for number, raw in enumerate(handle, start=1))
         columns: list[str] | None = None
         item_col = title_col = year_col = genre_col = None
         for number, line in lines:
@@ -302,8 +333,9 @@ def _read_ml100k_items(path: Path, genres: tuple[str, ...], skip_malformed: bool
         fields = line.split("|")
         try:
             if len(fields) != width:
-                raise ValueError(f"expected {width} '|'-separated fields (5 + {len(genres)} genres), "
-                                 f"found {len(fields)}")
+                raise ValueError(
+                    f"expected {width} '|'-separated fields (5 + {len(genres)} genres), found {len(fields)}"
+                )
             flags = fields[5:]
             if any(flag not in ("0", "1") for flag in flags):
                 raise ValueError(f"genre flags must be 0 or 1, found {'|'.join(flags)!r}")
@@ -333,7 +365,9 @@ def _read_latest_items(path: Path, skip_malformed: bool) -> list[ItemRecord]:
             title_col = _column(header, ("title",), "title")
             genre_col = _optional_column(header, ("genres",))
         except StopIteration:
-            raise DatasetFormatError("empty file: expected the header 'movieId,title,genres'", path=path) from None
+            raise DatasetFormatError(
+                "empty file: expected the header 'movieId,title,genres'", path=path
+            ) from None
         except ValueError as exc:
             raise DatasetFormatError(str(exc), path=path, line=1) from None
         except UnicodeDecodeError as exc:
@@ -406,8 +440,9 @@ def _recbole_files(folder: Path) -> tuple[Path | None, Path | None]:
         named = folder / f"{folder.name}.inter"
         if named not in inters:
             names = ", ".join(p.name for p in inters)
-            raise DatasetFormatError(f"several '.inter' files ({names}) and none named '{named.name}'",
-                                     path=folder)
+            raise DatasetFormatError(
+                f"several '.inter' files ({names}) and none named '{named.name}'", path=folder
+            )
         inters = [named]
     inter = inters[0]
     item = inter.with_suffix(".item")
@@ -461,8 +496,9 @@ def _decode(raw: bytes, encoding: str, path: Path, number: int) -> str:
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DatasetFormatError(f"not {encoding} ({exc.reason} at byte {exc.start})", path=path,
-                                 line=number) from None
+        raise DatasetFormatError(
+            f"not {encoding} ({exc.reason} at byte {exc.start})", path=path, line=number
+        ) from None
 
 
 def _finite(text: str, field: str) -> float:

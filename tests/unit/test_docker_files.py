@@ -92,13 +92,17 @@ def test_multi_stage_runtime_copies_the_builders_venv(stages: dict[str, list[Ins
     assert not any("pip install" in run for run in _args(stages["runtime"], "RUN"))  # no compilers there
 
 
-def test_builder_installs_with_constraints_and_a_torch_index_arg(stages: dict[str, list[Instruction]]) -> None:
+def test_builder_installs_with_constraints_and_a_torch_index_arg(
+    stages: dict[str, list[Instruction]],
+) -> None:
     builder = stages["builder"]
     args = dict(arg.partition("=")[::2] for arg in _args(builder, "ARG"))
     assert "TORCH_INDEX_URL" in args
     assert (ROOT / args["CONSTRAINTS"]).is_file()
     installs = [run for run in _args(builder, "RUN") if "pip install" in run]
-    assert any('--extra-index-url "${TORCH_INDEX_URL}"' in run and '-c "${CONSTRAINTS}" .' in run for run in installs)
+    assert any(
+        '--extra-index-url "${TORCH_INDEX_URL}"' in run and '-c "${CONSTRAINTS}" .' in run for run in installs
+    )
 
 
 def test_runtime_runs_reco_as_a_non_root_user(stages: dict[str, list[Instruction]]) -> None:
@@ -131,10 +135,22 @@ def test_every_copied_path_exists_and_is_in_the_build_context(
                     files = [match] if match.is_file() else list(match.rglob("*.py"))
                     for file in files or [match]:
                         relative = file.relative_to(ROOT).as_posix()
-                        assert not _ignored(relative, ignore_patterns), f"{relative} is excluded by .dockerignore"
+                        assert not _ignored(relative, ignore_patterns), (
+                            f"{relative} is excluded by .dockerignore"
+                        )
 
 
-@pytest.mark.parametrize("path", [".venv/bin/python", "var/reco.db", ".git/config", "tests/unit/x.py", ".env",
-                                  "app/__pycache__/x.pyc", "docs/BENCHMARKS.md"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv/bin/python",
+        "var/reco.db",
+        ".git/config",
+        "tests/unit/x.py",
+        ".env",
+        "app/__pycache__/x.pyc",
+        "docs/BENCHMARKS.md",
+    ],
+)
 def test_dockerignore_keeps_local_state_out(path: str, ignore_patterns: list[str]) -> None:
     assert _ignored(path, ignore_patterns)
