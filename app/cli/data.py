@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -78,7 +79,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with sessions() as session:
         has_events = bool(session.scalar(select(func.count()).select_from(Event)))
     if not has_events:
-        items, events = generate_demo(DemoConfig(n_users=args.users, n_items=args.items, seed=args.seed))
+        items, events = generate_demo(
+            DemoConfig(n_users=args.users, n_items=args.items, seed=args.seed), now=datetime.now(UTC)
+        )
         load_items(sessions, items)
         stored, _ = load_events(sessions, events, source="demo")
         print(f"demo shop loaded: {len(items)} items, {stored} events")
