@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,10 @@ class Windows:
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return (self.items >= 0).sum(axis=1)  # [W]
 
 
 def make_windows(sequences: Sequences, max_len: int) -> Windows:
@@ -207,6 +212,7 @@ class Trainer:
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.step = 0
+        self.sequences = 0
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
     def _loss(self, items: Tensor, types: Tensor, targets: Tensor, target_types: Tensor) -> Tensor:
@@ -233,25 +239,35 @@ class Trainer:
     def _lr(self) -> float:
         return self.config.lr * min(1.0, (self.step + 1) / max(self.config.warmup_steps, 1))
 
+    def _batches(self, order: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Batches of similar-length windows (bucketed within shuffled chunks), in random order."""
+        size = self.config.batch_size
+        lengths = self.windows.lengths[order]
+        batches = []
+        chunk = size * 32
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            part = part[np.argsort(-lengths[start : start + chunk], kind="stable")]
+            batches += [part[i : i + size] for i in range(0, len(part), size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
     def epoch(self, epoch: int) -> float:
         """One pass over this rank's share of the windows; returns the mean loss."""
         self.model.train()
         rng = np.random.default_rng([self.config.seed, epoch])
         order = rng.permutation(len(self.windows))
-        per_rank = len(order) // self.world if self.distributed else len(order)
-        order = order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.distributed else order
+        if self.distributed:
+            per_rank = len(order) // self.world  # equal shares: every rank runs the same number of steps
+            order = order[self.rank * per_rank : (self.rank + 1) * per_rank]
         autocast = self.device.type == "cuda"
         total, count = 0.0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            idx = order[start : start + self.config.batch_size]
+        arrays = (self.windows.items, self.windows.types, self.windows.targets, self.windows.target_types)
+        max_len = self.windows.items.shape[1]
+        for idx in self._batches(order, rng):
+            # Windows are left-padded: dropping the all-padding columns changes nothing but the cost.
+            width = int(self.windows.lengths[idx].max())
             batch = [
-                torch.from_numpy(a[idx]).to(self.device, non_blocking=True)
-                for a in (
-                    self.windows.items,
-                    self.windows.types,
-                    self.windows.targets,
-                    self.windows.target_types,
-                )
+                torch.from_numpy(a[idx, max_len - width :]).to(self.device, non_blocking=True) for a in arrays
             ]
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr()
@@ -261,6 +277,7 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
+            self.sequences += len(idx)
             total += float(loss.detach())
             count += 1
         return total / max(count, 1)
@@ -351,13 +368,20 @@ def _train_stage(
                 )
             )
     elapsed = time.perf_counter() - started
-    seq_per_s = trainer.step * config.batch_size * trainer.world / max(elapsed, 1e-9)
+    seq_per_s = trainer.sequences * trainer.world / max(elapsed, 1e-9)
     if best_state is not None:
         model.load_state_dict(best_state)
-    else:
+    elif valid is None:
         best_epoch = epochs
+    if trainer.distributed:
+        # Rank 0 chose the best epoch: every rank leaves with its weights and its epoch count.
+        chosen = torch.tensor([best_epoch], dtype=torch.long)
+        dist.broadcast(chosen, src=0)
+        best_epoch = int(chosen.item())
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
     model.eval()
-    return model, best_epoch, best_metrics, min(seq_per_s, len(windows) * epochs / max(elapsed, 1e-9))
+    return model, best_epoch, best_metrics, seq_per_s
 
 
 def fit_split(
