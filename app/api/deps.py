@@ -17,7 +17,7 @@ from app.errors import Forbidden, PayloadTooLarge, Unauthorized, ValidationFaile
 
 def get_state(request: Request) -> AppState:
     """The process's AppState (set by the lifespan)."""
-    return request.state.app  # type: ignore[no-any-return]
+    return request.state.app
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[frozenset[str]]]:

@@ -81,7 +81,7 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
 
-        async def send_wrapper(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_wrapper(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

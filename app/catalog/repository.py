@@ -39,7 +39,7 @@ def get_item(session: Session, item_id: str) -> Item | None:
 
 def _has_category(session: Session, category: str) -> ColumnElement[bool]:
     if session.get_bind().dialect.name == "postgresql":
-        return literal_column("items.categories::jsonb").op("?")(category)  # type: ignore[no-any-return]
+        return literal_column("items.categories::jsonb").op("?")(category)
     each = func.json_each(Item.categories).table_valued("value")
     return exists(select(1).select_from(each).where(each.c.value == category))
 

@@ -22,7 +22,7 @@ from app.events.service import load_events
 from app.settings import load_settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the data commands."""
     imp = commands.add_parser("import", help="import a data set", description="Import a data set into the store.")
     kinds = imp.add_subparsers(dest="import_kind", metavar="KIND", required=True)

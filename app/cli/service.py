@@ -11,7 +11,7 @@ from app.db.migrate import upgrade
 from app.settings import load_settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the serving commands."""
     serve = commands.add_parser(
         "serve",

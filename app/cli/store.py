@@ -10,7 +10,7 @@ from app.db.migrate import upgrade
 from app.settings import load_settings
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the store commands."""
     db = commands.add_parser("db", help="database schema", description="Manage the database schema.")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
