@@ -337,15 +337,14 @@ def main() -> None:
         "auto_approximate_kind": AUTO_APPROXIMATE_KIND,
         "default_config": asdict(IndexConfig()),
     }
-    command = (
-        "PYTHONPATH=. .venv/bin/python scripts/bench_index.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k not in ("out", "update_docs") and v != parser.get_default(k)
-        )
-        + (" --update-docs" if args.update_docs else "")
-    )
+    options = [
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}".rstrip()
+        for k, v in vars(args).items()
+        if k not in ("out", "update_docs") and v != parser.get_default(k)
+    ]
+    if args.update_docs:
+        options.append("--update-docs")
+    command = " ".join(["PYTHONPATH=. .venv/bin/python scripts/bench_index.py", *options])
     section = markdown(rows, best, command.strip(), meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "best": best, "rows": [asdict(r) for r in rows]}
