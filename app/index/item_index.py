@@ -210,6 +210,7 @@ class ItemIndex:
             )
             scores[short], rows[short] = exact_s, exact_r
         del keep_alive  # the selector's buffers must outlive the searches above
+        scores[rows < 0] = _PAD_SCORE  # FAISS pads with -FLT_MAX; one padding value for callers
         return scores, rows
 
     def _search_subset(self, q: np.ndarray, k: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
