@@ -59,6 +59,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
     refit_on_all: bool = True
+    ema_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    bucket_by_length: bool = True
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:

@@ -211,7 +211,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
+        self.average: RecModel | None = copy.deepcopy(self.model).eval() if config.ema_decay > 0 else None
+        if self.average is not None:
+            self.average.requires_grad_(False)
         self.step = 0
+        self.total_steps = 0  # set by the caller for schedules that need the run's length
         self.sequences = 0
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
 
@@ -236,12 +240,32 @@ class Trainer:
         losses = F.cross_entropy(logits, pos_targets, reduction="none")  # [P]
         return (losses * weights).sum() / weights.sum()
 
+    def _update_average(self) -> None:
+        if self.average is None:
+            return
+        # Polyak/EMA weights: less noisy than the last step on small data; warm start over the first steps.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for avg, param in zip(self.average.parameters(), self.model.parameters(), strict=True):
+                avg.lerp_(param.detach(), 1.0 - decay)
+
+    @property
+    def served(self) -> RecModel:
+        """The model to evaluate and keep: the weight average when enabled, else the trained weights."""
+        return self.average if self.average is not None else self.model
+
     def _lr(self) -> float:
-        return self.config.lr * min(1.0, (self.step + 1) / max(self.config.warmup_steps, 1))
+        warm = min(1.0, (self.step + 1) / max(self.config.warmup_steps, 1))
+        if self.config.lr_schedule == "cosine" and self.total_steps > self.config.warmup_steps:
+            progress = (self.step - self.config.warmup_steps) / (self.total_steps - self.config.warmup_steps)
+            return self.config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        return self.config.lr * warm
 
     def _batches(self, order: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Batches of similar-length windows (bucketed within shuffled chunks), in random order."""
         size = self.config.batch_size
+        if not self.config.bucket_by_length:
+            return [order[i : i + size] for i in range(0, len(order), size)]
         lengths = self.windows.lengths[order]
         batches = []
         chunk = size * 32
@@ -276,6 +300,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self._update_average()
             self.step += 1
             self.sequences += len(idx)
             total += float(loss.detach())
@@ -327,6 +352,8 @@ def _train_stage(
     )
     model = _new_model(split, items, config, popularity)
     trainer = Trainer(model, config, windows, _type_weights(split.type_names, config), popularity, device)
+    per_rank = len(windows) // trainer.world
+    trainer.total_steps = epochs * math.ceil(per_rank / config.batch_size)
     best_ndcg, best_epoch, best_metrics, best_state = -1.0, 0, {}, None
     bad = 0
     started = time.perf_counter()
@@ -336,10 +363,10 @@ def _train_stage(
         if valid is not None and (epoch % config.eval_every == 0 or epoch == epochs):
             stop = torch.zeros(1)
             if trainer.rank == 0:
-                metrics = evaluate_model(model, valid[0], valid[1], device)
+                metrics = evaluate_model(trainer.served, valid[0], valid[1], device)
                 if metrics["NDCG@10"] > best_ndcg:
                     best_ndcg, best_epoch, best_metrics, bad = metrics["NDCG@10"], epoch, metrics, 0
-                    best_state = copy.deepcopy(model.state_dict())
+                    best_state = copy.deepcopy(trainer.served.state_dict())
                 else:
                     bad += 1
                 out_of_time = (
@@ -368,6 +395,7 @@ def _train_stage(
                 )
             )
     elapsed = time.perf_counter() - started
+    model = trainer.served
     seq_per_s = trainer.sequences * trainer.world / max(elapsed, 1e-9)
     if best_state is not None:
         model.load_state_dict(best_state)
