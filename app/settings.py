@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -53,6 +54,47 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     metrics_enabled: bool = Field(default=True)
+    # serving
+    model_poll_seconds: float = Field(
+        default=2.0, ge=0, description="how often each API process checks for a newly active model (0: never)"
+    )
+    catalog_poll_seconds: float = Field(
+        default=2.0, ge=0, description="how often serving reads items changed in the catalog (0: never)"
+    )
+    popular_poll_seconds: float = Field(
+        default=1.0, ge=0, description="how often popular counters read new events (0: never)"
+    )
+    popular_windows: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["1h", "24h", "7d", "30d"],
+        description="windows `GET /v1/popular?window=` accepts (comma separated); 7d (else the longest) is "
+        "the default and the fallbacks'; counts decay with a half-life of half the window",
+    )
+    seen_limit: int = Field(
+        default=200, ge=1, le=5000, description="latest events read per request to exclude seen items"
+    )
+    index_exact_max_items: int = Field(
+        default=200_000, ge=0, description="exact (flat) FAISS search up to this many items, IVF above"
+    )
+    index_nprobe: int = Field(default=16, ge=1, description="IVF lists probed per query")
+    explain_top: int = Field(default=2, ge=1, le=10, description="history items named per explanation")
+
+    @field_validator("popular_windows", mode="before")
+    @classmethod
+    def _split_windows(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("popular_windows")
+    @classmethod
+    def _check_windows(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one window such as 7d")
+        for window in value:
+            if not re.fullmatch(r"[1-9][0-9]{0,4}[mhd]", window):
+                raise ValueError(f"window {window!r} must be a number and a unit m, h or d (e.g. 24h, 7d)")
+        return value
+
 
     @field_validator("api_keys", mode="before")
     @classmethod
