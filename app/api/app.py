@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client.core import GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import errors
 from app.api.metrics import Metrics, MetricsMiddleware, cache_gauges
-from app.api.routes import events, items, ops, users
+from app.api.routes import events, items, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
@@ -20,6 +22,11 @@ from app.catalog.schemas import ItemBatchIn
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.events.schemas import EventBatchIn
+from app.index import IndexConfig
+from app.serving.polling import Poller
+from app.serving.popular import PopularTracker
+from app.serving.recommender import Recommender, ServingLimits
+from app.serving.registry import ModelRegistry
 from app.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,23 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     sessions = make_sessionmaker(engine)
     cache = make_cache(settings)
     metrics.watch("cache", cache_gauges(cache))
+    registry = ModelRegistry(
+        sessions,
+        settings.artifact_dir,
+        IndexConfig(
+            exact_max_items=settings.index_exact_max_items, nprobe=settings.index_nprobe, search_threads=1
+        ),
+        model_poll_seconds=settings.model_poll_seconds,
+        catalog_poll_seconds=settings.catalog_poll_seconds,
+    )
+    metrics.watch("model", model_gauges(registry))
+    popular = PopularTracker(sessions, registry.catalog, settings.popular_windows, settings.event_weights)
+    limits = ServingLimits(
+        history_len=settings.recent_events,
+        seen_limit=settings.seen_limit,
+        cache_ttl_seconds=settings.cache_ttl_seconds,
+        explain_top=settings.explain_top,
+    )
     return AppState(
         settings=settings,
         engine=engine,
@@ -40,7 +64,23 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         cache=cache,
         keys=KeyVerifier(settings.static_keys, sessions, settings.key_cache_seconds),
         metrics=metrics,
+        registry=registry,
+        popular=popular,
+        recommender=Recommender(registry, popular, sessions, cache, limits),
     )
+
+
+def model_gauges(registry: ModelRegistry) -> Callable[[], Iterator[GaugeMetricFamily]]:
+    """The served model version (label) and its item count."""
+
+    def read() -> Iterator[GaugeMetricFamily]:
+        current = registry.current
+        gauge = GaugeMetricFamily("reco_model_items", "Items of the served model version", labels=["version"])
+        if current is not None:
+            gauge.add_metric([current.version], current.n_rows)
+        yield gauge
+
+    return read
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,11 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         state = build_state(settings, metrics)
+        app.state.reco = state  # for tests and benchmarks driving the registry; routes use request.state
+        popular_poller = Poller("reco-popular-poll", settings.popular_poll_seconds, state.popular.poll)
         try:
+            await run_in_threadpool(state.registry.start)
+            await run_in_threadpool(state.popular.poll)
+            popular_poller.start()
             yield {"app": state}
         finally:
+            popular_poller.stop()
+            state.registry.stop()
             state.cache.close()
             state.engine.dispose()
 
@@ -64,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (ops, events, items, users):
+    for module in (ops, events, items, users, recommendations):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_manual_bodies(app)

@@ -10,6 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.metrics import Metrics
 from app.auth.keys import KeyVerifier
 from app.cache import Cache
+from app.serving.popular import PopularTracker
+from app.serving.recommender import Recommender
+from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 
@@ -23,3 +26,6 @@ class AppState:
     cache: Cache
     keys: KeyVerifier
     metrics: Metrics
+    registry: ModelRegistry
+    popular: PopularTracker
+    recommender: Recommender

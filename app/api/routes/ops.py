@@ -31,6 +31,10 @@ def readiness(state: AppState) -> dict[str, str]:
     except Exception as exc:  # any failure means "not ready"; the message names it
         checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
     checks["cache"] = "ok" if state.cache.ping() else "unavailable (answers are served uncached)"
+    if state.registry.current is not None or state.popular.ready:
+        checks["model"] = "ok"  # a model, or at least the popular fallback, answers every request
+    else:
+        checks["model"] = "unavailable: no model version loaded and popular counters not read yet"
     return checks
 
 
@@ -48,7 +52,9 @@ async def readyz(request: Request) -> FastJSONResponse:
             }
         }
         return FastJSONResponse(body, status_code=503)
-    return FastJSONResponse({"status": "ready", "checks": checks})
+    registry = get_state(request).registry
+    serving = {"model_version": registry.version, "model_error": registry.last_error}
+    return FastJSONResponse({"status": "ready", "checks": checks, "serving": serving})
 
 
 @router.get("/metrics")

@@ -1,0 +1,1 @@
+"""Online serving: model registry (hot swap), catalog view, popular counters, the recommender."""

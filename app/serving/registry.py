@@ -1,0 +1,152 @@
+"""ModelRegistry: the active model version of this process, loaded in the background and swapped atomically.
+
+Requests read `registry.current` once at their start and use that snapshot to the end, so no answer mixes two
+versions. Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
+assignment under `_write_lock`; readers never take a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.artifacts import ArtifactError, load_version
+from app.index import IndexConfig, ItemIndex
+from app.registry.repository import active_version
+from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
+from app.serving.model import ServingModel
+from app.serving.polling import Poller
+
+log = logging.getLogger(__name__)
+
+RETRY_FAILED_SECONDS = 60.0
+
+
+class ModelRegistry:
+    """Holds one ServingModel (or None before the first model) and the catalog view serving filters with."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        artifact_dir: Path,
+        index_config: IndexConfig = IndexConfig(),
+        *,
+        model_poll_seconds: float = 2.0,
+        catalog_poll_seconds: float = 2.0,
+    ) -> None:
+        self.sessions = sessions
+        self.artifact_dir = Path(artifact_dir)
+        self.index_config = index_config
+        self.catalog = CatalogView()
+        self.current: ServingModel | None = None
+        self.last_error: str | None = None
+        self._model_poll = model_poll_seconds
+        self._catalog_poll = catalog_poll_seconds
+        self._write_lock = threading.RLock()
+        self._load_lock = threading.Lock()
+        self._failed: dict[str, float] = {}
+        self._synced_epoch = 0
+        self._pollers: list[Poller] = []
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self, *, background: bool = True) -> None:
+        """Read the catalog and load the active version now, then keep both current in background threads."""
+        torch.set_num_threads(1)  # one request = one small forward pass: parallelism comes from requests
+        self.sync_catalog()
+        self.refresh_now()
+        if background:
+            self._pollers = [
+                Poller("reco-model-poll", self._model_poll, self.refresh_now),
+                Poller("reco-catalog-poll", self._catalog_poll, self.sync_catalog),
+            ]
+            for poller in self._pollers:
+                poller.start()
+
+    def stop(self) -> None:
+        """Stop the background threads (waits for a running load to finish)."""
+        for poller in self._pollers:
+            poller.stop()
+        self._pollers = []
+
+    # ---- model versions -----------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """The version being served, or None."""
+        current = self.current
+        return current.version if current else None
+
+    def refresh_now(self) -> str | None:
+        """Load the active version if it is not the one served (newer, or activated for a rollback)."""
+        with self._load_lock:
+            with self.sessions() as session:
+                wanted = active_version(session)
+            if wanted is None or wanted == self.version:
+                return self.version
+            failed_at = self._failed.get(wanted)
+            if failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_SECONDS:
+                return self.version
+            try:
+                self._load(wanted)
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                self._failed[wanted] = time.monotonic()
+                self.last_error = f"version {wanted}: {exc}"
+                log.error("cannot load model version %s, still serving %s: %s", wanted, self.version, exc)
+            return self.version
+
+    def _load(self, version: str) -> None:
+        started = time.perf_counter()
+        loaded = load_version(self.artifact_dir / version)
+        if loaded.version != version:
+            raise ArtifactError(f"{self.artifact_dir / version}: manifest says version {loaded.version}")
+        index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
+        model = ServingModel.create(loaded, index)
+        with self._write_lock:  # no catalog sync in between: the snapshot sees every change up to its swap
+            with self.sessions() as session:
+                records = list(changed_items(session, None))
+            model = model.with_items([(record, ()) for record in records])
+            self.catalog.apply(records)  # the view and the new snapshot now agree on every item
+            self.current = model
+        self._failed.pop(version, None)
+        self.last_error = None
+        log.info(
+            "serving model version %s (%d items, %s index) after %.1f s",
+            version,
+            model.n_rows,
+            index.kind,
+            time.perf_counter() - started,
+        )
+
+    # ---- catalog ------------------------------------------------------------------------------------------
+
+    def sync_catalog(self) -> int:
+        """Apply items changed since the last sync to the view and the served snapshot; returns how many."""
+        with self._write_lock:
+            with self.sessions() as session:
+                newest = latest_change(session)
+                since = None if self.catalog.watermark is None else self.catalog.watermark - OVERLAP
+                records = list(changed_items(session, since)) if newest is not None else []
+            changes = self.catalog.apply(records)
+            current = self.current
+            if current is not None and changes:
+                self.current = current.with_items(changes)
+            if newest is not None:
+                self.catalog.watermark = newest
+            self.catalog.loaded = True
+            return len(changes)
+
+    def ensure_epoch(self, epoch: int) -> None:
+        """Sync the catalog when the cache epoch moved since the last sync (an item was hidden meanwhile)."""
+        if epoch == self._synced_epoch:  # != rather than >: a flushed Redis starts counting again
+            return
+        with self._write_lock:
+            if epoch == self._synced_epoch:
+                return
+            self.sync_catalog()
+            self._synced_epoch = epoch
