@@ -1,0 +1,82 @@
+"""Request and response bodies of the admin API (model versions and training jobs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RetrainIn(BaseModel):
+    """Body of POST /v1/admin/retrain (optional)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "catalog refresh"}]})
+
+    reason: str | None = Field(default=None, max_length=500, description="why; shown on the job")
+
+
+class JobOut(BaseModel):
+    """A training job and how far it got."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "5f0c8a4e9b2d4c1f8e7a6b5c4d3e2f10",
+                    "status": "succeeded",
+                    "progress": 1.0,
+                    "model_version": "20261127-101500",
+                    "metrics": {"valid_NDCG@10": 0.118, "gate": {"accepted": True, "reason": "first model"}},
+                    "error": None,
+                    "model_status": "active",
+                }
+            ]
+        }
+    )
+
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(description="0 to 1")
+    model_version: str | None = Field(description="the version this job produced")
+    metrics: dict[str, Any] = Field(description="offline validation metrics and the quality gate's verdict")
+    error: str | None = Field(description="why it failed (or why it was retried)")
+    model_status: str | None = Field(default=None, description="the produced version's status now")
+    reason: str | None = None
+    trigger: str
+    attempts: int
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelOut(BaseModel):
+    """One model version with its offline metrics, training data size and status."""
+
+    version: str
+    status: Literal["active", "candidate", "rejected", "retired"]
+    reason: str | None = Field(description="the quality gate's verdict or why it left service")
+    metrics: dict[str, Any]
+    training_interactions: int | None = Field(description="interactions the version was trained on")
+    data: dict[str, Any] = Field(description="training data statistics")
+    timings: dict[str, Any] = Field(description="seconds per stage")
+    job_id: str | None
+    created_at: datetime | None
+    activated_at: datetime | None
+    artifact: bool = Field(description="whether its files are still on disk (retention deletes old ones)")
+
+
+class ModelList(BaseModel):
+    """Every model version, newest first."""
+
+    active: str | None
+    models: list[ModelOut]
+
+
+class ActivateOut(BaseModel):
+    """Answer of POST /v1/admin/models/{version}/activate."""
+
+    version: str
+    status: Literal["active"]
+    previous: str | None = Field(description="the version that was active before")
+    serving: str | None = Field(description="the version this API process serves now (others follow within seconds)")
