@@ -54,6 +54,45 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     metrics_enabled: bool = Field(default=True)
+    # trainer
+    worker_poll_seconds: float = Field(
+        default=2.0, gt=0, description="how often an idle worker looks for jobs"
+    )
+    job_lease_seconds: float = Field(
+        default=60.0, gt=0, description="a running job whose heartbeat is older than this is taken back"
+    )
+    job_max_attempts: int = Field(default=3, ge=1, description="starts of a job before it is marked failed")
+    retrain_every_minutes: float | None = Field(
+        default=None, gt=0, description="schedule: retrain this often when new events arrived; unset = never"
+    )
+    retrain_after_events: int | None = Field(
+        default=None, ge=1, description="schedule: retrain once this many events arrived since the last job"
+    )
+    gate_tolerance: float = Field(
+        default=0.05, ge=0, le=1, description="activate when valid NDCG@10 >= active's x (1 - tolerance)"
+    )
+    keep_versions: int = Field(
+        default=5, ge=1, description="model versions kept on disk (the active one always)"
+    )
+    train_device: str = Field(
+        default="auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present"
+    )
+    train_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads while training; 0 = torch default"
+    )
+    train_epochs: int | None = Field(
+        default=None, ge=1, description="most epochs; unset = the model's default"
+    )
+    train_patience: int | None = Field(
+        default=None, ge=1, description="evaluations without gain before stopping"
+    )
+    train_dim: int | None = Field(
+        default=None, ge=2, description="vector size d; unset = the model's default"
+    )
+    train_max_len: int | None = Field(default=None, ge=1, description="history length the user tower reads")
+    train_batch_size: int | None = Field(default=None, ge=1)
+    train_time_budget_s: float | None = Field(default=None, gt=0, description="stop epochs after this long")
+    train_seed: int | None = Field(default=None)
     # serving
     model_poll_seconds: float = Field(
         default=2.0, ge=0, description="how often each API process checks for a newly active model (0: never)"
@@ -94,7 +133,6 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[1-9][0-9]{0,4}[mhd]", window):
                 raise ValueError(f"window {window!r} must be a number and a unit m, h or d (e.g. 24h, 7d)")
         return value
-
 
     @field_validator("api_keys", mode="before")
     @classmethod
