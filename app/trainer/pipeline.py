@@ -1,0 +1,217 @@
+"""One training run from the store: stream interactions and items, fit, write the artifact, register, gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.catalog.repository import iter_item_records
+from app.events.repository import iter_interactions
+from app.ml.config import TrainConfig
+from app.ml.data import InteractionLog
+from app.ml.train import FitResult, ProgressInfo, fit
+from app.records import ItemRecord
+from app.registry import jobs
+from app.registry import repository as registry
+from app.registry.jobs import Lease
+from app.settings import Settings
+from app.trainer.gate import decide
+
+READ_CHUNK = 50_000
+
+
+class LeaseLost(RuntimeError):
+    """Another worker took the job over (our heartbeat expired): drop this run's result."""
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """What one run trains on: the interaction log, the catalog and the newest event id read."""
+
+    log: InteractionLog
+    items: dict[str, ItemRecord]
+    max_event_id: int
+    skipped_types: dict[str, int]
+    read_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The registered version and the gate's verdict."""
+
+    version: str
+    status: str
+    reason: str
+    metrics: dict[str, Any]
+    data_stats: dict[str, Any]
+    timings: dict[str, Any]
+    previous: str | None
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """The TrainConfig the worker uses: the model's defaults, overridden by the `RECO_TRAIN_*` settings set."""
+    base = TrainConfig()
+    model = base.model
+    if settings.train_dim is not None:
+        heads = model.heads if settings.train_dim % model.heads == 0 else 1
+        model = replace(model, d=settings.train_dim, heads=heads)
+    if settings.train_max_len is not None:
+        model = replace(model, max_len=settings.train_max_len)
+    optional = {
+        "epochs": settings.train_epochs,
+        "patience": settings.train_patience,
+        "batch_size": settings.train_batch_size,
+        "seed": settings.train_seed,
+        "time_budget_s": settings.train_time_budget_s,
+    }
+    return replace(
+        base,
+        model=model,
+        event_weights={name: weight for name, weight in settings.event_weights.items() if weight > 0},
+        device=settings.train_device,
+        threads=settings.train_threads,
+        **{name: value for name, value in optional.items() if value is not None},
+    )
+
+
+def read_training_data(
+    session: Session, event_weights: Mapping[str, float], chunk_size: int = READ_CHUNK
+) -> TrainingData:
+    """Stream every interaction (server-side cursor, no ORM objects) and every item out of the store.
+
+    Erased users' events are deleted from the table, so they cannot appear here. Event types whose weight is
+    0 are left out of training (and counted in `skipped_types`).
+    """
+    started = time.perf_counter()
+    builder = InteractionLog.builder()
+    newest = 0
+    skipped: dict[str, int] = {}
+    excluded = {name for name, weight in event_weights.items() if weight <= 0}
+    for chunk in iter_interactions(session, chunk_size=chunk_size):
+        newest = max(newest, int(chunk[-1][0]))
+        rows = chunk
+        if excluded:
+            rows = [r for r in chunk if r[3] not in excluded]
+            for r in chunk:
+                if r[3] in excluded:
+                    skipped[r[3]] = skipped.get(r[3], 0) + 1
+        if not rows:
+            continue
+        builder.extend(
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            np.fromiter((r[5] for r in rows), dtype=np.float64, count=len(rows)),  # [n] epoch seconds
+        )
+    items = {record.item_id: record for record in iter_item_records(session)}
+    return TrainingData(builder.build(), items, newest, skipped, time.perf_counter() - started)
+
+
+def plain(value: Any) -> Any:
+    """JSON-able copy of metrics (numpy scalars become floats, NaN becomes None)."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        raise TypeError(f"{type(obj).__name__} is not JSON-able")
+
+    data = json.loads(json.dumps(value, default=default))
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return obj
+
+    return clean(data)
+
+
+def stage_progress(info: ProgressInfo) -> float:
+    """Map a training progress report onto the job's 0..1 (reading 0-0.1, train 0.1-0.7, refit 0.7-0.9)."""
+    frac = info.epoch / max(info.epochs, 1)
+    return 0.1 + 0.6 * frac if info.stage == "train" else 0.7 + 0.2 * frac
+
+
+def fit_data(
+    data: TrainingData, config: TrainConfig, progress: Callable[[ProgressInfo], None] | None
+) -> FitResult:
+    """Fit the serving model on the data read from the store."""
+    return fit(data.log, data.items, config, progress)
+
+
+def describe_run(
+    data: TrainingData, result: FitResult, save_s: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data statistics and timings recorded on the version row."""
+    stats = {
+        **result.data_stats,
+        "raw_interactions": len(data.log),
+        "catalog_items": len(data.items),
+        "max_event_id": data.max_event_id,
+        "skipped_types": data.skipped_types,
+    }
+    timings = {"read_s": data.read_s, **result.timings, "save_s": save_s}
+    return plain(stats), plain(timings)
+
+
+def register(
+    session: Session,
+    lease: Lease | None,
+    version: str,
+    metrics: dict[str, Any],
+    data_stats: dict[str, Any],
+    timings: dict[str, Any],
+    tolerance: float,
+) -> Outcome:
+    """In one transaction: check the lease, add the candidate, apply the gate, activate, finish the job.
+
+    Raises LeaseLost (the caller rolls back) when another worker owns the job now.
+    """
+    if lease is not None and not jobs.heartbeat(session, lease, 0.95):
+        raise LeaseLost(f"job {lease.job_id}: the lease of attempt {lease.attempt} was lost")
+    registry.lock_registry(session)  # the active version cannot change under the gate's feet
+    active = registry.active_row(session)
+    decision = decide(
+        metrics,
+        active.metrics if active is not None else None,
+        active.version if active is not None else None,
+        tolerance,
+    )
+    registry.add_version(
+        session,
+        version,
+        metrics=metrics,
+        data_stats=data_stats,
+        timings=timings,
+        job_id=lease.job_id if lease else None,
+        status="candidate",
+        reason=decision.reason,
+    )
+    previous = None
+    if decision.accept:
+        previous = registry.activate(session, version, decision.reason)
+        status = "active"
+    else:
+        registry.set_status(session, version, "rejected", decision.reason)
+        status = "rejected"
+    if lease is not None:
+        summary = {**metrics, "gate": {"accepted": decision.accept, "reason": decision.reason}}
+        if not jobs.finish(session, lease, model_version=version, metrics=summary):
+            raise LeaseLost(f"job {lease.job_id}: the lease of attempt {lease.attempt} was lost")
+    return Outcome(version, status, decision.reason, metrics, data_stats, timings, previous)
+
+
+def artifact_path(settings: Settings, version: str) -> Path:
+    """Where a version's files live."""
+    return Path(settings.artifact_dir) / version
