@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.api import errors
 from app.api.metrics import Metrics, MetricsMiddleware, cache_gauges
-from app.api.routes import events, items, ops, recommendations, users
+from app.api.routes import admin, events, items, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (ops, events, items, users, recommendations):
+    for module in (ops, events, items, users, recommendations, admin):
         app.include_router(module.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_manual_bodies(app)

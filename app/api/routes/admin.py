@@ -1,0 +1,126 @@
+"""/v1/admin: retrain, training jobs, model versions, activation (promotion and rollback)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from app.api.deps import get_state, require
+from app.api.state import AppState
+from app.artifacts import ArtifactError, load_version
+from app.artifacts.store import MANIFEST
+from app.db.engine import run_transaction
+from app.db.tables import ModelVersion
+from app.errors import Conflict, NotFound
+from app.events.repository import max_event_id
+from app.registry import jobs
+from app.registry import repository as registry
+from app.registry.schemas import ActivateOut, JobOut, ModelList, ModelOut, RetrainIn
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(require("admin"))])
+JobId = Annotated[
+    str, Path(min_length=1, max_length=64, description="the id POST /v1/admin/retrain returned")
+]
+Version = Annotated[
+    str, Path(min_length=1, max_length=64, description="a model version, e.g. 20261127-101500")
+]
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+
+
+def _artifact_dir(state: AppState) -> FsPath:
+    return FsPath(state.settings.artifact_dir)
+
+
+def _model_out(row: ModelVersion, artifact_dir: FsPath) -> ModelOut:
+    data = dict(row.data_stats or {})
+    size = data.get("interactions")
+    return ModelOut(
+        version=row.version,
+        status=row.status,  # type: ignore[arg-type]
+        reason=row.reason,
+        metrics=dict(row.metrics or {}),
+        training_interactions=int(size) if isinstance(size, int) else None,
+        data=data,
+        timings=dict(row.timings or {}),
+        job_id=row.job_id,
+        created_at=_utc(row.created_at),
+        activated_at=_utc(row.activated_at),
+        artifact=(artifact_dir / row.version / MANIFEST).is_file(),
+    )
+
+
+@router.post(
+    "/v1/admin/retrain",
+    status_code=202,
+    response_model=JobOut,
+    responses={202: {"description": "the queued job, or the job already queued or running"}},
+)
+def retrain(request: Request, body: Annotated[RetrainIn | None, Body()] = None) -> JSONResponse:
+    """Queue a training job; while one is queued or running, that job is returned instead."""
+    state = get_state(request)
+    reason = body.reason if body is not None else None
+
+    def work(session: Any) -> dict[str, Any]:
+        job, _ = jobs.enqueue(session, trigger="api", reason=reason, max_event_id=max_event_id(session))
+        return JobOut(**jobs.job_summary(job)).model_dump(mode="json")
+
+    return JSONResponse(run_transaction(state.sessions, work), status_code=202)
+
+
+@router.get("/v1/admin/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "unknown job"}})
+def get_job(job_id: JobId, request: Request) -> JobOut:
+    """A training job: status, progress, the version it produced, its metrics or its error."""
+    with get_state(request).sessions() as session:
+        job = jobs.get_job(session, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found: use the job_id that POST /v1/admin/retrain returned")
+        row = registry.get_version(session, job.model_version) if job.model_version else None
+        return JobOut(**jobs.job_summary(job), model_status=row.status if row is not None else None)
+
+
+@router.get("/v1/admin/models", response_model=ModelList)
+def list_models(request: Request) -> ModelList:
+    """Every model version, newest first, with metrics, training data size, times and status."""
+    state = get_state(request)
+    with state.sessions() as session:
+        rows = registry.list_versions(session)
+    active = next((r.version for r in rows if r.status == "active"), None)
+    return ModelList(active=active, models=[_model_out(r, _artifact_dir(state)) for r in rows])
+
+
+@router.post(
+    "/v1/admin/models/{version}/activate",
+    response_model=ActivateOut,
+    responses={
+        404: {"description": "unknown version"},
+        409: {"description": "its files are missing or corrupt"},
+    },
+)
+def activate(version: Version, request: Request) -> ActivateOut:
+    """Serve this version from now on (promotion or rollback), without a restart."""
+    state = get_state(request)
+    with state.sessions() as session:
+        if registry.get_version(session, version) is None:
+            raise NotFound(f"model version {version!r} not found: GET /v1/admin/models lists them")
+    path = _artifact_dir(state) / version
+    try:
+        load_version(path)  # refuse what serving could not load, before it becomes active
+    except ArtifactError as exc:
+        raise Conflict(f"model version {version} cannot be activated: {exc}") from None
+
+    def work(session: Any) -> str | None:
+        registry.lock_registry(session)  # retention deletes files under the same lock
+        if not (path / MANIFEST).is_file():
+            raise Conflict(f"model version {version} cannot be activated: {path} was just deleted")
+        return registry.activate(session, version, "activated by an admin")
+
+    previous = run_transaction(state.sessions, work)
+    serving = state.registry.refresh_now()  # this process at once; the others within their poll interval
+    return ActivateOut(version=version, status="active", previous=previous, serving=serving)
