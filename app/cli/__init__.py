@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import data, service, store
+from app.cli import data, service, store, train
 
-GROUPS = (service, store, data)
+GROUPS = (service, store, data, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from app.auth.keys import create_key
 from app.catalog.service import load_items
@@ -18,13 +19,18 @@ from app.datasets.movielens import read_movielens
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.db.tables import Event
+from app.events.repository import max_event_id
 from app.events.service import load_events
+from app.registry import jobs
+from app.registry.repository import active_version
 from app.settings import load_settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the data commands."""
-    imp = commands.add_parser("import", help="import a data set", description="Import a data set into the store.")
+    imp = commands.add_parser(
+        "import", help="import a data set", description="Import a data set into the store."
+    )
     kinds = imp.add_subparsers(dest="import_kind", metavar="KIND", required=True)
     ml = kinds.add_parser(
         "movielens",
@@ -70,6 +76,16 @@ def cmd_import_movielens(args: argparse.Namespace) -> int:
     return 0
 
 
+def queue_first_training(session: Session) -> str | None:
+    """Queue a training job when no model is active yet; returns its id (None when a model exists)."""
+    if active_version(session) is not None:
+        return None
+    job, _ = jobs.enqueue(
+        session, trigger="demo", reason="first model of the demo", max_event_id=max_event_id(session)
+    )
+    return job.job_id
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Load the demo shop unless the store already has events, then serve."""
     settings = load_settings()
@@ -88,6 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("the store already holds events: demo data not loaded again")
     key = run_transaction(sessions, lambda s: create_key(s, frozenset({"admin"}), "demo"))
+    first = run_transaction(sessions, queue_first_training)
+    if first is not None:
+        print(f"training job {first} queued: popular items answer until the first model is active")
     engine.dispose()
     print(f"admin key for this demo (also valid later):\n{key}")
     if not args.no_serve:

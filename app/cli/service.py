@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import uvicorn
 
@@ -36,15 +39,41 @@ def run_server(host: str, port: int, workers: int) -> None:
         engine = make_engine(settings)
         upgrade(engine)
         engine.dispose()
-    uvicorn.run(
-        "app.api.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
+    trainer = start_embedded_worker() if settings.run_embedded_worker else None
+    try:
+        uvicorn.run(
+            "app.api.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
+    finally:
+        if trainer is not None:
+            stop_embedded_worker(trainer)
+
+
+def start_embedded_worker() -> subprocess.Popen[bytes]:
+    """Start `python -m app.trainer` beside the API (embedded mode); it reads the same settings."""
+    # Its own session: a Ctrl-C of the terminal reaches the API only; we then stop the worker with one SIGTERM.
+    # --parent-pid makes it stop by itself if this process dies without stopping it.
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.trainer", "--parent-pid", str(os.getpid())], start_new_session=True
     )
+
+
+def stop_embedded_worker(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """SIGTERM (a job in progress goes back to the queue), then SIGKILL after `grace_s`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
