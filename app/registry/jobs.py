@@ -74,7 +74,7 @@ def enqueue(
         job_id = uuid.uuid4().hex
         # ON CONFLICT DO NOTHING (no target) also covers the partial unique index on open jobs: a concurrent
         # insert waits for the other transaction, then does nothing and we read the job that won.
-        result = session.execute(
+        inserted = session.scalar(
             insert(TrainingJob)
             .values(
                 job_id=job_id,
@@ -88,8 +88,9 @@ def enqueue(
                 created_at=utcnow(),
             )
             .on_conflict_do_nothing()
+            .returning(TrainingJob.job_id)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        if inserted is not None:
             job = get_job(session, job_id)
             assert job is not None
             return job, True
