@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -40,6 +42,14 @@ def run_server(host: str, port: int, workers: int) -> None:
         upgrade(engine)
         engine.dispose()
     trainer = start_embedded_worker() if settings.run_embedded_worker else None
+    if trainer is not None:
+        # uvicorn ends by re-raising SIGTERM with our handler back in place: stop the worker, then die as asked.
+        def on_sigterm(signum: int, _frame: FrameType | None) -> None:
+            stop_embedded_worker(trainer)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         uvicorn.run(
             "app.api.app:create_app_from_env",
