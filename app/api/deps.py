@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.state import AppState
 from app.auth.keys import allows
@@ -44,6 +46,58 @@ def require(scope: str) -> Callable[[Request], Awaitable[frozenset[str]]]:
     return check
 
 
+def _too_long(length: int, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"body is {length} bytes; the limit is {max_bytes} (RECO_MAX_BODY_BYTES): send smaller batches"
+    )
+
+
+def _too_long_streamed(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"body exceeds {max_bytes} bytes (RECO_MAX_BODY_BYTES): send smaller batches")
+
+
+class BodyTooLarge(HTTPException):
+    """A body over the cap, seen while reading it (rendered as `payload_too_large`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(status_code=413, detail=message)
+
+
+class BodySizeLimit:
+    """Refuse bodies over RECO_MAX_BODY_BYTES on every route, also chunked ones without Content-Length.
+
+    Pure ASGI: `receive` raises BodyTooLarge when the declared length is over the cap, or as soon as a
+    streamed body passes it; the AppError handler renders the 413. Nothing is buffered here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state", {}).get("app") if scope["type"] == "http" else None
+        if state is None:
+            await self.app(scope, receive, send)
+            return
+        max_bytes = state.settings.max_body_bytes
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), None)
+        seen = 0
+
+        async def limited() -> Message:
+            # raised while the route reads its body; FastAPI re-raises an HTTPException from body parsing
+            # (any other error would become a 400) and the one error handler renders it as a 413
+            nonlocal seen
+            if declared is not None and declared > max_bytes:
+                raise BodyTooLarge(_too_long(declared, max_bytes).message)
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > max_bytes:
+                    raise BodyTooLarge(_too_long_streamed(max_bytes).message)
+            return message
+
+        await self.app(scope, limited, send)
+
+
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The body parsed as JSON, refusing bodies over `max_bytes` before reading them whole.
 
@@ -51,16 +105,12 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
-        raise PayloadTooLarge(
-            f"body is {int(length)} bytes; the limit is {max_bytes} (RECO_MAX_BODY_BYTES): send smaller batches"
-        )
+        raise _too_long(int(length), max_bytes)
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
         if len(chunks) > max_bytes:
-            raise PayloadTooLarge(
-                f"body exceeds {max_bytes} bytes (RECO_MAX_BODY_BYTES): send smaller batches"
-            )
+            raise _too_long_streamed(max_bytes)
     if not chunks:
         raise ValidationFailed(
             "body: a JSON body is required", details=[{"loc": ["body"], "msg": "is required"}]

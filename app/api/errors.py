@@ -10,13 +10,20 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.deps import BodySizeLimit
 from app.api.responses import FastJSONResponse
 from app.errors import AppError, Unavailable, ValidationFailed
 from app.validation import friendly, summary
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+}
 
 
 def error_response(err: AppError, headers: dict[str, str] | None = None) -> FastJSONResponse:
@@ -25,7 +32,8 @@ def error_response(err: AppError, headers: dict[str, str] | None = None) -> Fast
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers."""
+    """Register the handlers, and the body size cap whose streamed 413 they render."""
+    app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> FastJSONResponse:
@@ -36,9 +44,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> FastJSONResponse:
-        details = [{"loc": list(e["loc"]), "msg": friendly(dict(e))} for e in exc.errors()]
-        for d in details:  # FastAPI prefixes the source ("query", "path", "body"): keep it, it says where
-            d["loc"] = [p for p in d["loc"] if p != "body"] or ["body"]
+        details = []
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # FastAPI locates it at ("body", offset): it is the body
+                message = (e.get("ctx") or {}).get("error", "")
+                details.append({"loc": ["body"], "msg": f"not valid JSON: {message}".rstrip(": ")})
+                continue
+            # FastAPI prefixes the source ("query", "path", "body"): keep it, it says where
+            loc = [p for p in e["loc"] if p != "body"] or ["body"]
+            details.append({"loc": loc, "msg": friendly(dict(e))})
         return error_response(ValidationFailed(summary(details), details=details))
 
     @app.exception_handler(StarletteHTTPException)

@@ -67,7 +67,7 @@ def put_item(item_id: ItemId, body: ItemFields, request: Request) -> ItemOut:
     },
 )
 async def post_items(request: Request) -> IngestResult:
-    """Upsert a batch of items; each is validated on its own (a repeated item_id: the last one wins)."""
+    """Upsert a batch of items; each is validated on its own (a repeated item_id: applied in order)."""
     state = get_state(request)
     raw = batch_list(
         await read_json(request, state.settings.max_body_bytes), "items", state.settings.max_batch
@@ -87,7 +87,8 @@ async def post_items(request: Request) -> IngestResult:
                     )
                 )
                 continue
-            rows[item.item_id] = item.model_dump(exclude_unset=True, exclude={"item_id"})
+            # a repeated item_id is applied in order, like successive PUTs: later fields win, others stay
+            rows.setdefault(item.item_id, {}).update(item.model_dump(exclude_unset=True, exclude={"item_id"}))
         if raw and not rows:
             details = [{"loc": r.loc, "msg": r.error} for r in rejected]
             raise ValidationFailed(f"items[{rejected[0].index}].{rejected[0].error}", details=details)
