@@ -6,7 +6,7 @@ import math
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     keep_versions: int = Field(
         default=5, ge=1, description="model versions kept on disk (the active one always)"
     )
-    train_device: str = Field(
-        default="auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA when present"
+    train_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when present"
     )
     train_threads: int = Field(
         default=0, ge=0, description="torch CPU threads while training; 0 = torch default"

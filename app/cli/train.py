@@ -29,7 +29,7 @@ from app.trainer.worker import Worker, new_worker_id
 FINISHED = ("succeeded", "failed")
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the training commands."""
     train = commands.add_parser(
         "train",

@@ -151,7 +151,7 @@ def heartbeat(session: Session, lease: Lease, progress: float | None = None) -> 
     result = session.execute(
         update(TrainingJob).where(_held(lease)).values(**values).execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish(session: Session, lease: Lease, *, model_version: str | None, metrics: dict[str, Any]) -> bool:
@@ -170,7 +170,7 @@ def finish(session: Session, lease: Lease, *, model_version: str | None, metrics
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def fail(session: Session, lease: Lease, error: str) -> bool:
@@ -181,7 +181,7 @@ def fail(session: Session, lease: Lease, error: str) -> bool:
         .values(status="failed", error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def release(session: Session, lease: Lease, note: str) -> bool:
@@ -192,7 +192,7 @@ def release(session: Session, lease: Lease, note: str) -> bool:
         .values(status="queued", worker_id=None, attempts=TrainingJob.attempts - 1, progress=0.0, error=note)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def recover_expired(

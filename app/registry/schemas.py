@@ -79,4 +79,6 @@ class ActivateOut(BaseModel):
     version: str
     status: Literal["active"]
     previous: str | None = Field(description="the version that was active before")
-    serving: str | None = Field(description="the version this API process serves now (others follow within seconds)")
+    serving: str | None = Field(
+        description="the version this API process serves now (others follow within seconds)"
+    )

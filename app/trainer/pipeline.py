@@ -65,21 +65,24 @@ def train_config(settings: Settings) -> TrainConfig:
         model = replace(model, d=settings.train_dim, heads=heads)
     if settings.train_max_len is not None:
         model = replace(model, max_len=settings.train_max_len)
-    optional = {
-        "epochs": settings.train_epochs,
-        "patience": settings.train_patience,
-        "batch_size": settings.train_batch_size,
-        "seed": settings.train_seed,
-        "time_budget_s": settings.train_time_budget_s,
-    }
-    return replace(
+    config = replace(
         base,
         model=model,
         event_weights={name: weight for name, weight in settings.event_weights.items() if weight > 0},
         device=settings.train_device,
         threads=settings.train_threads,
-        **{name: value for name, value in optional.items() if value is not None},
     )
+    if settings.train_time_budget_s is not None:
+        config = replace(config, time_budget_s=settings.train_time_budget_s)
+    if settings.train_epochs is not None:
+        config = replace(config, epochs=settings.train_epochs)
+    if settings.train_patience is not None:
+        config = replace(config, patience=settings.train_patience)
+    if settings.train_batch_size is not None:
+        config = replace(config, batch_size=settings.train_batch_size)
+    if settings.train_seed is not None:
+        config = replace(config, seed=settings.train_seed)
+    return config
 
 
 def read_training_data(
