@@ -1,0 +1,102 @@
+"""/healthz, /readyz, /metrics and the OpenAPI document (/readyz with the database cut: test_faults.py)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.settings import Settings
+from tests.conftest import INGEST_KEY, auth
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, value = line.rsplit(" ", 1)
+        sample, _, rest = head.partition("{")
+        found = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if sample == name and found == want:
+            return float(value)
+    return 0.0
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ready"
+    assert r.json()["checks"]["database"] == "ok"
+    assert r.json()["checks"]["cache"] == "ok"
+
+
+def test_metrics_count_requests_per_route_and_events_by_outcome(client: TestClient) -> None:
+    events = [
+        {"event_id": "a", "user_id": "u1", "item_id": "i1", "type": "view"},
+        {"event_id": "a", "user_id": "u1", "item_id": "i1", "type": "view"},
+        {"event_id": "b", "user_id": "u1", "item_id": "", "type": "view"},
+    ]
+    client.post("/v1/events", json={"events": events})
+    client.post("/v1/events", json={"events": events[:1]})
+    client.get("/v1/users/u1")
+    client.get("/v1/users/u2")
+    client.get("/v1/users/u1", headers=auth(INGEST_KEY))
+    client.get("/no/such/path")
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    requests = "reco_http_requests_total"
+    assert metric(text, requests, method="POST", route="/v1/events", status="200") == 2
+    assert metric(text, requests, method="GET", route="/v1/users/{user_id}", status="200") == 1
+    assert metric(text, requests, method="GET", route="/v1/users/{user_id}", status="404") == 1
+    assert metric(text, requests, method="GET", route="/v1/users/{user_id}", status="403") == 1
+    assert metric(text, "reco_http_request_seconds_count", method="POST", route="/v1/events") == 2
+    assert metric(text, "reco_events_ingested_total", outcome="accepted") == 1
+    assert metric(text, "reco_events_ingested_total", outcome="duplicate") == 2
+    assert metric(text, "reco_events_ingested_total", outcome="rejected") == 1
+    assert "reco_cache_hit_ratio" in text and "reco_cache_errors" in text
+    assert "/no/such/path" not in text  # unmatched paths do not blow up the label set
+
+
+def test_metrics_can_be_disabled(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"metrics_enabled": False}))
+    with TestClient(app) as client:
+        r = client.get("/metrics")
+        assert r.status_code == 404 and "RECO_METRICS_ENABLED" in r.json()["error"]["message"]
+
+
+def test_openapi_has_every_route_and_the_batch_schemas(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    expected = {
+        "/v1/events": {"post"},
+        "/v1/items": {"get", "post"},
+        "/v1/items/{item_id}": {"get", "put", "delete"},
+        "/v1/users/{user_id}": {"get", "put", "delete"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+        "/metrics": {"get"},
+    }
+    for path, methods in expected.items():
+        assert path in doc["paths"], path
+        assert methods <= set(doc["paths"][path]), (path, set(doc["paths"][path]))
+        for method in methods:
+            assert doc["paths"][path][method].get("description") or doc["paths"][path][method].get("summary")
+    schemas = doc["components"]["schemas"]
+    events_body = doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert events_body == {"$ref": "#/components/schemas/EventBatchIn"}
+    items_body = doc["paths"]["/v1/items"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert items_body == {"$ref": "#/components/schemas/ItemBatchIn"}
+    assert schemas["EventBatchIn"]["properties"]["events"]["items"] == {
+        "$ref": "#/components/schemas/EventIn"
+    }
+    assert schemas["ItemBatchIn"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/ItemIn"}
+    event = schemas["EventIn"]
+    assert set(event["required"]) == {"user_id", "item_id", "type"}
+    assert {"event_id", "value", "timestamp"} <= set(event["properties"])
+    assert event["examples"][0]["type"] == "purchase"
+    assert {"accepted", "duplicates", "rejected"} <= set(schemas["IngestResult"]["properties"])
+    post_events = doc["paths"]["/v1/events"]["post"]
+    assert "200" in post_events["responses"] and "413" in post_events["responses"]
