@@ -412,6 +412,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "version": version,
                         "artifact_write_s": round(artifact_s, 1),
                         "server_ready_s": round(time.perf_counter() - t0, 1),
+                        "load_average_before": [round(x, 2) for x in os.getloadavg()],
                         "loads": [],
                     }
                     for u in range(CACHED_USERS):  # warm the cached users
@@ -428,6 +429,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     print(json.dumps({"items": n, "freshness": run["freshness"]}), flush=True)
                     if next_user >= args.users:
                         raise SystemExit(f"--users {args.users} is too few: {next_user} were needed")
+                    run["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
                     results["runs"].append(run)
                 shutil.rmtree(base.artifact_dir / version, ignore_errors=True)
     finally:

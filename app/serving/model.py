@@ -32,6 +32,7 @@ class ServingModel:
     allowed: np.ndarray  # bool [n_rows]: available and not deleted
     category_rows: dict[str, np.ndarray]  # category -> sorted int64 rows
     trained_rows: int  # rows below this come from training; above, from `embed_items`
+    hidden_rows: np.ndarray  # int64 [h]: the rows `allowed` leaves out
 
     @classmethod
     def create(cls, loaded: LoadedModel, index: ItemIndex) -> ServingModel:
@@ -49,6 +50,7 @@ class ServingModel:
             allowed=np.ones(n, dtype=bool),
             category_rows={},
             trained_rows=n,
+            hidden_rows=_EMPTY_ROWS,
         )
 
     def row(self, item_id: str) -> int | None:
@@ -74,6 +76,10 @@ class ServingModel:
         self, queries: np.ndarray, k: int, *, exclude: np.ndarray, category: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k eligible rows for queries [Q, D]: (scores [Q, k], rows [Q, k]) padded with -inf / -1."""
+        if category is None and self.index.ntotal == self.n_rows:
+            # No mask to copy and pack per request: hidden rows (usually few) join the exclusions instead.
+            excluded = np.concatenate([exclude, self.hidden_rows]) if self.hidden_rows.size else exclude
+            return self.index.search(queries, k, exclude=excluded)
         return self.index.search(queries, k, exclude=exclude, allowed=self.allowed_in(category))
 
     def with_items(self, changes: Sequence[tuple[ItemRecord, tuple[str, ...]]]) -> ServingModel:
@@ -122,4 +128,7 @@ class ServingModel:
                 category_rows[cat] = rows_now.astype(np.int64, copy=False)
             else:
                 category_rows.pop(cat, None)
-        return replace(self, n_rows=n_rows, allowed=allowed, category_rows=category_rows)
+        hidden_rows = np.flatnonzero(~allowed).astype(np.int64)  # [h]
+        return replace(
+            self, n_rows=n_rows, allowed=allowed, category_rows=category_rows, hidden_rows=hidden_rows
+        )

@@ -27,6 +27,7 @@ POPULAR = "popular"
 POPULAR_CATEGORY = "popular_category"
 SIMILAR = "similar"
 NO_VERSION = "none"
+MAX_HINTS = 200_000
 
 History = list[tuple[str, str]]  # (item_id, event type), oldest first
 
@@ -92,6 +93,8 @@ class Recommender:
         self.sessions = sessions
         self.cache = cache
         self.limits = limits
+        # (user, params) -> (version, freshness, key) of the last answer this process cached or found
+        self._hints: dict[tuple[str, str], tuple[str, Freshness, str]] = {}
 
     # ---- users ----------------------------------------------------------------------------------------------
 
@@ -110,9 +113,35 @@ class Recommender:
         )
 
     def cached_for_user(self, user_id: str, params: RecParams) -> tuple[Freshness, bytes | None]:
-        """The cached answer for the current version, generation and epoch (cheap: two cache round trips)."""
-        fresh = self.freshness(user_id)
-        return fresh, self.cache.get(self.user_key(user_id, params, fresh, self.registry.current))
+        """The cached answer for the current version, generation and epoch.
+
+        One cache round trip when this process answered the same question before: the generation, the epoch
+        and the answer stored under the key they gave last time are read together (MGET is atomic); the answer
+        is used only if both still hold. Otherwise two: read them, then the answer under the key they give.
+        """
+        model = self.registry.current
+        part = params.cache_part()
+        generation_key = cache_keys.user_generation(user_id)
+        hint = self._hints.get((user_id, part))
+        if hint is not None and model is not None and hint[0] == model.version:
+            generation, epoch, body = self.cache.get_many([generation_key, cache_keys.EPOCH, hint[2]])
+            fresh = Freshness(_as_int(generation), _as_int(epoch))
+            if fresh == hint[1] and body is not None:
+                self.cache.stats.count(hit=True)
+                return fresh, body
+        else:
+            generation, epoch = self.cache.get_many([generation_key, cache_keys.EPOCH])
+            fresh = Freshness(_as_int(generation), _as_int(epoch))
+        key = self.user_key(user_id, params, fresh, model)
+        body = self.cache.get(key)
+        if body is not None and model is not None:
+            self._remember(user_id, part, model.version, fresh, key)
+        return fresh, body
+
+    def _remember(self, user_id: str, part: str, version: str, fresh: Freshness, key: str) -> None:
+        if len(self._hints) >= MAX_HINTS:
+            self._hints.clear()  # a bounded memory: the next hit of each user re-learns its key
+        self._hints[(user_id, part)] = (version, fresh, key)
 
     def answer_user(self, user_id: str, params: RecParams, fresh: Freshness | None = None) -> bytes:
         """Compute a user's answer from their latest events (one DB query) and cache it."""
@@ -125,7 +154,10 @@ class Recommender:
         seen = {e.item_id for e in events}
         body = self._recommend(model, history, seen, params)
         payload = _dumps({"user_id": user_id, **body})
-        self.cache.set(self.user_key(user_id, params, fresh, model), payload, self.limits.cache_ttl_seconds)
+        key = self.user_key(user_id, params, fresh, model)
+        self.cache.set(key, payload, self.limits.cache_ttl_seconds)
+        if model is not None:
+            self._remember(user_id, params.cache_part(), model.version, fresh, key)
         return payload
 
     def answer_session(self, recent_items: Sequence[str], params: RecParams) -> bytes:
