@@ -1,0 +1,299 @@
+"""Retraining benchmark: time from `POST /v1/admin/retrain` to the new version serving, on MovieLens 100K.
+
+Imports ml-100k into a fresh store (SQLite file, or a private PostgreSQL database), starts `reco serve` and a
+separate `python -m app.trainer` process with production poll intervals, then times one retrain: the job's
+queue wait, reading the store, training, refit, writing the artifact, registering + gate + activation, and
+the API's hot swap, until a recommendation answer carries the new version. Writes JSON and a Markdown table.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_retrain.py --threads 2 --update-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.catalog.service import load_items  # noqa: E402
+from app.datasets.movielens import read_movielens  # noqa: E402
+from app.db.engine import make_engine, make_sessionmaker  # noqa: E402
+from app.db.migrate import upgrade  # noqa: E402
+from app.events.service import load_events  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+SECTION = "## Retraining (issue 5)"
+ADMIN = "bench-admin-key-0000000000000"
+READ = "bench-read-key-00000000000000"
+RECO = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+
+
+@contextmanager
+def private_postgres(base_url: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database on the server of `base_url`, dropped at the end."""
+    name = f"reco_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(
+        base_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def sqlite_store(folder: Path) -> Iterator[str]:
+    """A SQLite file in `folder` (removed with it)."""
+    yield f"sqlite:///{folder / 'reco.db'}"
+
+
+def import_movielens(settings: Settings, data: Path) -> dict[str, Any]:
+    """Load ml-100k into the store the way `reco import movielens` does; returns counts and seconds."""
+    engine = make_engine(settings)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    started = time.perf_counter()
+    items, events = read_movielens(data)
+    n_items = load_items(sessions, items)
+    stored, _ = load_events(sessions, events, source="bench")
+    engine.dispose()
+    return {"items": n_items, "events": stored, "import_s": time.perf_counter() - started}
+
+
+def _parse_ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def wait_up(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until /healthz answers (or the server died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"reco serve exited with {proc.returncode}")
+        try:
+            if httpx.get(base + "/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("reco serve did not start")
+
+
+def measure(env: dict[str, str], port: int, user: str, log_dir: Path) -> dict[str, Any]:
+    """Start the API and a worker, POST a retrain, and time each stage until the API serves the version."""
+    base = f"http://127.0.0.1:{port}"
+    with (log_dir / "serve.log").open("wb") as serve_log, (log_dir / "worker.log").open("wb") as worker_log:
+        server = subprocess.Popen(
+            [*RECO, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=serve_log, stderr=serve_log
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.trainer"], cwd=ROOT, env=env, stdout=worker_log, stderr=worker_log
+        )
+        try:
+            wait_up(base, server)
+            time.sleep(3.0)  # let the worker import torch and reach its idle poll, as a long-running one is
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            read = {"Authorization": f"Bearer {READ}"}
+            with httpx.Client(base_url=base, timeout=60) as http:
+                before = http.get(f"/v1/users/{user}/recommendations?k=10", headers=read).json()
+                t0 = time.time()
+                job = http.post("/v1/admin/retrain", json={"reason": "bench"}, headers=admin).json()
+                last_progress = -1.0
+                while True:
+                    status = http.get(f"/v1/admin/jobs/{job['job_id']}", headers=admin).json()
+                    if status["status"] == "failed":
+                        raise RuntimeError(f"training failed: {status['error']}")
+                    if status["status"] == "succeeded":
+                        break
+                    if status["progress"] != last_progress:
+                        last_progress = status["progress"]
+                        print(
+                            f"  {time.time() - t0:6.1f} s {status['status']} {last_progress:.0%}", flush=True
+                        )
+                    time.sleep(0.25)
+                t_done = time.time()
+                version = status["model_version"]
+                while True:
+                    answer = http.get(f"/v1/users/{user}/recommendations?k=10", headers=read).json()
+                    if answer["model_version"] == version:
+                        break
+                    time.sleep(0.05)
+                t_serving = time.time()
+                model = next(
+                    m
+                    for m in http.get("/v1/admin/models", headers=admin).json()["models"]
+                    if m["version"] == version
+                )
+        finally:
+            for proc in (worker, server):
+                proc.terminate()
+            for proc in (worker, server):
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    created, started, finished = (_parse_ts(status[k]) for k in ("created_at", "started_at", "finished_at"))
+    timings = model["timings"]
+    return {
+        "version": version,
+        "model_status": model["status"],
+        "total_s": t_serving - t0,
+        "stages_s": {
+            "queue_wait": (started or t0) - (created or t0),
+            "read_store": timings.get("read_s"),
+            "train": timings.get("train_s"),
+            "refit": timings.get("refit_s"),
+            "save_artifact": timings.get("save_s"),
+            "job_seen_done_by_client": t_done - t0,
+            "activation_to_serving": t_serving - (finished or t_done),
+        },
+        "valid_metrics": {k: v for k, v in model["metrics"].items() if k.startswith("valid_")},
+        "best_epoch": model["metrics"].get("best_epoch"),
+        "sequences_per_s": model["metrics"].get("sequences_per_s"),
+        "data": model["data"],
+        "answer_before": before.get("strategy"),
+        "answer_after": answer.get("strategy"),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The Markdown section for docs/BENCHMARKS.md."""
+    m = result["measure"]
+    s = m["stages_s"]
+    cfg = result["config"]
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{result['command']}` (JSON in `{result['json']}`).",
+        f"Machine: {result['machine']}; store {result['store']}; device {result['device']}. "
+        f"ml-100k imported into the store first ({result['import']['events']:,} events, "
+        f"{result['import']['items']:,} items, {result['import']['import_s']:.1f} s); `reco serve` (1 process) "
+        "and a separate `python -m app.trainer` with the production poll intervals (worker 2 s, model 2 s).",
+        f"Training settings: {cfg}.",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        f"| queue wait (POST -> a worker claims the job) | {s['queue_wait']:.1f} |",
+        f"| read the store (stream interactions + items) | {s['read_store']:.1f} |",
+        f"| train (early stopping on validation NDCG@10, best epoch {m['best_epoch']}) | {s['train']:.1f} |",
+        f"| refit on all interactions | {(s['refit'] or 0.0):.1f} |",
+        f"| write the artifact (atomic) | {s['save_artifact']:.2f} |",
+        f"| activation -> the API serves it (registry poll + load + index) | {s['activation_to_serving']:.1f} |",
+        f"| **POST /v1/admin/retrain -> answers carry the new version** | **{m['total_s']:.1f}** |",
+        "",
+        f"The version ({m['model_status']}) has valid NDCG@10 {m['valid_metrics'].get('valid_NDCG@10', 0):.4f}, "
+        f"HR@10 {m['valid_metrics'].get('valid_HR@10', 0):.4f} (each user's latest item, full ranking), "
+        f"{m['sequences_per_s']:,.0f} training sequences/s.",
+        "GPU: not measured — no GPU was lent to this session; the same command with `--device cuda` on a lent "
+        "GPU gives the figure there.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(path: Path, section: str) -> None:
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md, leaving the others alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> int:
+    """Parse the options, run the benchmark once, write JSON (and the docs section)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the worker")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-len", type=int, default=None)
+    parser.add_argument("--dim", type=int, default=None)
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds of the train stage at most")
+    parser.add_argument("--user", default="1", help="the user whose answers are polled")
+    parser.add_argument("--out", type=Path, default=Path("var/bench/retrain.json"))
+    parser.add_argument("--update-docs", action="store_true", help="rewrite the Retraining section")
+    args = parser.parse_args()
+    if not (args.data / "ml-100k.inter").is_file() and not (args.data / "u.data").is_file():
+        raise SystemExit(f"--data: no MovieLens files in {args.data}")
+    train_env = {
+        "RECO_TRAIN_THREADS": args.threads,
+        "RECO_TRAIN_DEVICE": args.device,
+        "RECO_TRAIN_EPOCHS": args.epochs,
+        "RECO_TRAIN_MAX_LEN": args.max_len,
+        "RECO_TRAIN_DIM": args.dim,
+        "RECO_TRAIN_TIME_BUDGET_S": args.time_budget,
+    }
+    train_env = {k: str(v) for k, v in train_env.items() if v is not None}
+    work = Path(tempfile.mkdtemp(prefix="reco-bench-retrain-"))
+    try:
+        store = sqlite_store(work) if args.store == "sqlite" else private_postgres(args.pg_url)
+        with store as url:
+            settings = Settings(database_url=url, artifact_dir=work / "artifacts")
+            print(f"importing {args.data} into {args.store} ...", flush=True)
+            imported = import_movielens(settings, args.data)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
+            env.update(
+                {
+                    "PYTHONPATH": str(ROOT),
+                    "RECO_DATABASE_URL": url,
+                    "RECO_ARTIFACT_DIR": str(work / "artifacts"),
+                    "RECO_API_KEYS": f"{ADMIN}:admin,{READ}:read",
+                    "RECO_EMBEDDED_WORKER": "false",
+                    **train_env,
+                }
+            )
+            port = 18000 + os.getpid() % 1000
+            print("retraining ...", flush=True)
+            measured = measure(env, port, args.user, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    command = "PYTHONPATH=. .venv/bin/python scripts/bench_retrain.py " + " ".join(sys.argv[1:])
+    result = {
+        "command": command.strip(),
+        "json": str(args.out),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "store": args.store,
+        "device": "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu",
+        "config": ", ".join(f"{k}={v}" for k, v in train_env.items()) + " (the rest: the model's defaults)",
+        "import": imported,
+        "measure": measured,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    section = table(result)
+    print(section)
+    if args.update_docs:
+        update_docs(ROOT / "docs" / "BENCHMARKS.md", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
