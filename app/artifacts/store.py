@@ -78,7 +78,7 @@ def _new_version(artifact_dir: Path) -> str:
 def item_table(model: RecModel) -> np.ndarray:
     """The (v, b) rows of the whole catalog as served ([N, d+1] float32)."""
     model.eval()
-    return model.items(None).float().cpu().numpy().astype(np.float32)
+    return model.item_vectors(None).float().cpu().numpy().astype(np.float32)
 
 
 def save_version(result: FitResult, artifact_dir: Path, version: str | None = None) -> Path:
@@ -109,7 +109,7 @@ def save_version(result: FitResult, artifact_dir: Path, version: str | None = No
             "timings": result.timings,
             "type_names": result.type_names,
             "items": len(result.item_ids),
-            "dim": model.cfg.d + 1,
+            "dim": model.dim,
             "parameters": summary["parameters"],
             "files": {name: _sha256(tmp / name) for name in DATA_FILES},
         }
@@ -163,11 +163,12 @@ def load_version(path: Path) -> LoadedModel:
         item_ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
     except Exception as exc:  # any decoding failure is a corrupt file
         raise ArtifactError(f"{path}: cannot read the model files ({exc})") from exc
-    if vectors.ndim != 2 or vectors.shape != (len(item_ids), config.model.d + 1):
+    dim = config.model.members * config.model.d + 1
+    if vectors.ndim != 2 or vectors.shape != (len(item_ids), dim):
         raise ArtifactError(
-            f"{path / VECTORS_FILE}: shape {vectors.shape} does not match {len(item_ids)} items x {config.model.d + 1}"
+            f"{path / VECTORS_FILE}: shape {vectors.shape} does not match {len(item_ids)} items x {dim}"
         )
-    features = state.get("items.features")
+    features = state.get("members.0.items.features")
     if not isinstance(features, torch.Tensor):
         raise ArtifactError(f"{path / MODEL_FILE}: the state_dict lacks items.features")
     model = RecModel(len(item_ids), len(manifest["type_names"]), features, config.model)
@@ -194,7 +195,7 @@ class LoadedModel:
         self._type_of = {name: code for code, name in enumerate(self.type_names)}
         self._table = torch.from_numpy(item_vectors)  # [N, d+1]
         self.max_len = model.cfg.max_len
-        self.dim = model.cfg.d + 1
+        self.dim = model.dim
 
     def _rows(self, recent: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
         rows, types = [], []
@@ -208,7 +209,7 @@ class LoadedModel:
 
     def _encode(self, rows: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
         states = self.model.encode(self._table[rows.clamp(min=0)], types, valid)  # [B, L, d]
-        return RecModel.query(states[:, -1])  # [B, d+1]
+        return RecModel.query(states[:, -1])  # [B, D+1]
 
     def query_vector(self, recent: Sequence[tuple[str, str]]) -> np.ndarray | None:
         """(u, 1) for [(item_id, event_type)] oldest..newest ([d+1] float32); None when no item is known."""
@@ -244,7 +245,7 @@ class LoadedModel:
         cfg = self.model.cfg
         features = np.stack([feature_row(item, cfg.feature_buckets, cfg.max_features) for item in items])
         with torch.inference_mode():
-            return self.model.items.embed_features(torch.from_numpy(features)).numpy().astype(np.float32)
+            return self.model.embed_features(torch.from_numpy(features)).numpy().astype(np.float32)
 
     def explain(
         self, recent: Sequence[tuple[str, str]], item_rows: Sequence[int], top: int = 2

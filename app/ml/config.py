@@ -27,10 +27,13 @@ class ModelConfig:
     feature_buckets: int = 1 << 14
     max_features: int = 32
     id_dropout: float = 0.1
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.d <= 0 or self.d % self.heads != 0:
             raise ValueError(f"ModelConfig.d: {self.d} must be positive and divisible by heads={self.heads}")
+        if self.members < 1:
+            raise ValueError(f"ModelConfig.members: {self.members} must be >= 1")
         if self.max_len < 1 or self.layers < 1:
             raise ValueError(f"ModelConfig: max_len={self.max_len} and layers={self.layers} must be >= 1")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.id_dropout < 1.0:

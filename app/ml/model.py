@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -110,15 +111,16 @@ class UserTower(nn.Module):
         return self.ln_out(x)  # [B, L, d]
 
 
-class RecModel(nn.Module):
-    """Score(user, item) = u · v + b with u from the user tower and (v, b) from the item tower."""
+class TwoTower(nn.Module):
+    """One member: score(user, item) = u · v + b with u from the user tower and (v, b) from the item tower."""
 
     def __init__(self, n_items: int, n_types: int, features: Tensor, cfg: ModelConfig) -> None:
         super().__init__()
         if n_items < 1:
-            raise ValueError("RecModel: the catalog is empty")
+            raise ValueError("TwoTower: the catalog is empty")
         self.cfg = cfg
         self.n_types = n_types
+        self.dim = cfg.d + 1
         self.items = ItemTower(n_items, features, cfg)
         self.user = UserTower(n_types, cfg)
 
@@ -126,7 +128,70 @@ class RecModel(nn.Module):
         """Sequence states from the input items' (v, b) vectors: [B, L, d+1] -> [B, L, d]."""
         return self.user(item_vecs[..., :-1], types, valid)
 
+    def item_vectors(self, rows: Tensor | None = None) -> Tensor:
+        """(v, b) of the given rows or of the whole catalog ([n, d+1])."""
+        return self.items(rows)
+
+    def embed_features(self, features: Tensor) -> Tensor:
+        """(v, b) of items known by their features only ([n, F] -> [n, d+1])."""
+        return self.items.embed_features(features)
+
     @staticmethod
     def query(states: Tensor) -> Tensor:
         """Append the constant 1 that multiplies the item bias: [..., d] -> [..., d+1]."""
+        return torch.cat([states, torch.ones_like(states[..., :1])], dim=-1)
+
+
+class RecModel(nn.Module):
+    """K independently trained members served as one inner product: u = (u_1..u_K), v = (v_1..v_K), b = sum b_k.
+
+    u · v + b is then the sum of the members' scores, so an ensemble costs nothing extra in the index.
+    """
+
+    def __init__(self, n_items: int, n_types: int, features: Tensor, cfg: ModelConfig) -> None:
+        super().__init__()
+        if n_items < 1:
+            raise ValueError("RecModel: the catalog is empty")
+        self.cfg = cfg
+        self.n_types = n_types
+        self.dim = cfg.members * cfg.d + 1
+        self.members = nn.ModuleList([TwoTower(n_items, n_types, features, cfg) for _ in range(cfg.members)])
+
+    @classmethod
+    def of(cls, members: list[TwoTower]) -> RecModel:
+        """Assemble trained members (same catalog and config) into one model."""
+        first = members[0]
+        model = cls(first.items.features.shape[0], first.n_types, first.items.features, first.cfg)
+        model.members = nn.ModuleList(members)
+        return model
+
+    @property
+    def towers(self) -> list[TwoTower]:
+        """The members, typed."""
+        return [cast(TwoTower, m) for m in self.members]
+
+    def _fold(self, parts: list[Tensor]) -> Tensor:
+        vectors = [p[..., :-1] for p in parts]
+        bias = torch.stack([p[..., -1] for p in parts]).sum(0).unsqueeze(-1)
+        return torch.cat([*vectors, bias], dim=-1)  # [..., K*d+1]
+
+    def item_vectors(self, rows: Tensor | None = None) -> Tensor:
+        """(v_1..v_K, sum b) of the given rows or of the whole catalog ([n, K*d+1])."""
+        return self._fold([m.items(rows) for m in self.towers])
+
+    def embed_features(self, features: Tensor) -> Tensor:
+        """Vectors of items known by their features only ([n, F] -> [n, K*d+1])."""
+        return self._fold([m.items.embed_features(features) for m in self.towers])
+
+    def encode(self, item_vecs: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
+        """States from served item vectors: [B, L, K*d+1] -> [B, L, K*d] (member k reads its own slice)."""
+        d = self.cfg.d
+        return torch.cat(
+            [m.user(item_vecs[..., k * d : (k + 1) * d], types, valid) for k, m in enumerate(self.towers)],
+            dim=-1,
+        )
+
+    @staticmethod
+    def query(states: Tensor) -> Tensor:
+        """Append the constant 1 that multiplies the item bias: [..., D] -> [..., D+1]."""
         return torch.cat([states, torch.ones_like(states[..., :1])], dim=-1)

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -22,7 +22,7 @@ from app.ml.config import TrainConfig
 from app.ml.data import InteractionLog, Split, leave_one_out_split
 from app.ml.features import feature_matrix
 from app.ml.metrics import evaluate_ranking
-from app.ml.model import RecModel
+from app.ml.model import RecModel, TwoTower
 from app.records import ItemRecord
 
 Sequences = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -116,7 +116,7 @@ def resolve_device(config: TrainConfig) -> torch.device:
 
 
 def forward_batch(
-    model: RecModel, items: Tensor, types: Tensor, candidates: Tensor | None
+    model: TwoTower, items: Tensor, types: Tensor, candidates: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """States [B, L, d] of padded windows and the (v, b) vectors [C, d+1] of the candidates (None = all)."""
     valid = items >= 0  # [B, L]
@@ -138,7 +138,7 @@ def forward_batch(
 class _Forward(torch.nn.Module):
     """Wraps forward_batch as a module so DistributedDataParallel can sync its gradients."""
 
-    def __init__(self, model: RecModel) -> None:
+    def __init__(self, model: TwoTower) -> None:
         super().__init__()
         self.model = model
 
@@ -147,11 +147,13 @@ class _Forward(torch.nn.Module):
 
 
 @torch.inference_mode()
-def user_queries(model: RecModel, sequences: Sequences, device: torch.device, batch: int = 256) -> Tensor:
+def user_queries(
+    model: TwoTower | RecModel, sequences: Sequences, device: torch.device, batch: int = 256
+) -> Tensor:
     """Query vectors (u, 1) of each sequence's latest interactions ([U, d+1], on `device`)."""
     model.eval()
     items, types = last_windows(sequences, model.cfg.max_len)
-    table = model.items(None)  # [N, d+1]
+    table = model.item_vectors(None)  # [N, D+1]
     out = []
     for start in range(0, len(items), batch):
         it = torch.from_numpy(items[start : start + batch]).to(device)
@@ -159,17 +161,17 @@ def user_queries(model: RecModel, sequences: Sequences, device: torch.device, ba
         valid = it >= 0  # [B, L]
         type_ids = torch.where(ty >= 0, ty, torch.full_like(ty, model.n_types))
         states = model.encode(table[it.clamp(min=0)], type_ids, valid)  # [B, L, d]
-        out.append(RecModel.query(states[:, -1].float()))  # [B, d+1]
-    return torch.cat(out) if out else torch.empty(0, model.cfg.d + 1, device=device)
+        out.append(model.query(states[:, -1].float()))  # [B, D+1]
+    return torch.cat(out) if out else torch.empty(0, model.dim, device=device)
 
 
 def evaluate_model(
-    model: RecModel, sequences: Sequences, targets: np.ndarray, device: torch.device
+    model: TwoTower | RecModel, sequences: Sequences, targets: np.ndarray, device: torch.device
 ) -> dict[str, float]:
     """Full-ranking metrics of the model: rank each target after removing the items of its sequence."""
     queries = user_queries(model, sequences, device)  # [U, d+1]
     with torch.inference_mode():
-        table = model.items(None).float()  # [N, d+1]
+        table = model.item_vectors(None).float()  # [N, D+1]
 
     def score(users: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -188,7 +190,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: RecModel,
+        model: TwoTower,
         config: TrainConfig,
         windows: Windows,
         type_weights: np.ndarray,
@@ -211,9 +213,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.average: RecModel | None = copy.deepcopy(self.model).eval() if config.ema_decay > 0 else None
+        self.average: TwoTower | None = copy.deepcopy(self.model).eval() if config.ema_decay > 0 else None
         if self.average is not None:
             self.average.requires_grad_(False)
+        targets = torch.from_numpy(windows.target_types[windows.targets >= 0])  # [P]
+        weight_sum = float(self.type_weights.cpu()[torch.where(targets >= 0, targets, -1)].sum())
+        self.weight_per_window = weight_sum / max(len(windows), 1)
         self.step = 0
         self.total_steps = 0  # set by the caller for schedules that need the run's length
         self.sequences = 0
@@ -235,10 +240,12 @@ class Trainer:
             log_q = torch.log(expected)  # [C]
             pos_targets = torch.searchsorted(candidates, pos_targets)  # [P]
         states, cand_vecs = self.forward(items, types, candidates)  # [B, L, d], [C, d+1]
-        query = RecModel.query(states[mask])  # [P, d+1]
+        query = TwoTower.query(states[mask])  # [P, d+1]
         logits = (query @ cand_vecs.T).float() - log_q  # [P, C]
         losses = F.cross_entropy(logits, pos_targets, reduction="none")  # [P]
-        return (losses * weights).sum() / weights.sum()
+        # Divide by the expected weight of a batch, not this batch's own: bucketed batches of short windows
+        # would otherwise weigh each of their positions more than long ones do.
+        return (losses * weights).sum() / (self.weight_per_window * items.shape[0])
 
     def _update_average(self) -> None:
         if self.average is None:
@@ -250,7 +257,7 @@ class Trainer:
                 avg.lerp_(param.detach(), 1.0 - decay)
 
     @property
-    def served(self) -> RecModel:
+    def served(self) -> TwoTower:
         """The model to evaluate and keep: the weight average when enabled, else the trained weights."""
         return self.average if self.average is not None else self.model
 
@@ -319,11 +326,11 @@ def _check(split: Split, min_users: int = 1) -> None:
 
 def _new_model(
     split: Split, items: Mapping[str, ItemRecord], config: TrainConfig, popularity: np.ndarray
-) -> RecModel:
+) -> TwoTower:
     torch.manual_seed(config.seed)
     cfg = config.model
     features = torch.from_numpy(feature_matrix(split.item_ids, items, cfg.feature_buckets, cfg.max_features))
-    model = RecModel(split.n_items, len(split.type_names), features, cfg)
+    model = TwoTower(split.n_items, len(split.type_names), features, cfg)
     with torch.no_grad():
         model.items.id_mask.copy_(torch.from_numpy(popularity > 0).float().unsqueeze(1))  # [N, 1]
     return model
@@ -340,7 +347,7 @@ def _train_stage(
     device: torch.device,
     progress: Callable[[ProgressInfo], None] | None,
     history: list[dict[str, Any]],
-) -> tuple[RecModel, int, dict[str, float], float]:
+) -> tuple[TwoTower, int, dict[str, float], float]:
     """Train one model; with `valid`, keep the best epoch by NDCG@10 and stop after `patience` evaluations."""
     windows = make_windows(train_seqs, config.model.max_len)
     if len(windows) == 0:
@@ -435,41 +442,59 @@ def fit_split(
         t0 = time.perf_counter()
         train_seqs = split.sequences(drop_last=holdout + 1)
         valid_targets = split.items[split.offsets[1:] - 1 - holdout]  # [U]
-        model, best_epoch, valid_metrics, seq_per_s = _train_stage(
-            "train",
-            split,
-            items,
-            config,
-            train_seqs,
-            (train_seqs, valid_targets),
-            config.epochs,
-            device,
-            progress,
-            history,
-        )
-        timings["train_s"] = time.perf_counter() - t0
-        if config.refit_on_all:
-            t1 = time.perf_counter()
-            model, _, _, _ = _train_stage(
-                "refit",
+        members: list[TwoTower] = []
+        finals: list[TwoTower] = []
+        best_epochs: list[int] = []
+        speeds: list[float] = []
+        for k in range(config.model.members):
+            # Member 0 keeps the configured seed, so a single model does not depend on `members`.
+            member_config = replace(config, seed=config.seed + 7919 * k)
+            tag = "" if config.model.members == 1 else f"[{k + 1}/{config.model.members}]"
+            member, best_epoch, _, seq_per_s = _train_stage(
+                f"train{tag}",
                 split,
                 items,
-                config,
-                split.sequences(drop_last=holdout),
-                None,
-                best_epoch,
+                member_config,
+                train_seqs,
+                (train_seqs, valid_targets),
+                config.epochs,
                 device,
                 progress,
                 history,
             )
+            members.append(member)
+            best_epochs.append(best_epoch)
+            speeds.append(seq_per_s)
+        timings["train_s"] = time.perf_counter() - t0
+        valid_metrics = evaluate_model(RecModel.of(members), train_seqs, valid_targets, device)
+        if config.refit_on_all:
+            t1 = time.perf_counter()
+            for k, best_epoch in enumerate(best_epochs):
+                tag = "" if config.model.members == 1 else f"[{k + 1}/{config.model.members}]"
+                member, _, _, _ = _train_stage(
+                    f"refit{tag}",
+                    split,
+                    items,
+                    replace(config, seed=config.seed + 7919 * k),
+                    split.sequences(drop_last=holdout),
+                    None,
+                    best_epoch,
+                    device,
+                    progress,
+                    history,
+                )
+                finals.append(member)
             timings["refit_s"] = time.perf_counter() - t1
+        else:
+            finals = members
+        model = RecModel.of(finals)
         timings["total_s"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads_before)
     metrics = {
         **{f"valid_{k}": v for k, v in valid_metrics.items()},
-        "best_epoch": best_epoch,
-        "sequences_per_s": seq_per_s,
+        "best_epoch": best_epochs[0] if len(best_epochs) == 1 else best_epochs,
+        "sequences_per_s": float(np.mean(speeds)),
     }
     stats = {**split.stats(), "type_names": list(split.type_names)}
     return FitResult(

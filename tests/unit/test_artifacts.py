@@ -44,7 +44,7 @@ def test_round_trip_gives_identical_scores(chain: FitResult, tmp_path: Path) -> 
     assert loaded.manifest["metrics"]["best_epoch"] == chain.metrics["best_epoch"]
     assert loaded.manifest["data"]["users"] == 90
     with torch.inference_mode():
-        table = chain.model.items(None).numpy()
+        table = chain.model.item_vectors(None).numpy()
     np.testing.assert_array_equal(loaded.item_vectors, table)
     history = [(f"i{k}", "view") for k in range(3, 9)]
     split_rows = [chain.item_ids.index(i) for i, _ in history]
@@ -144,7 +144,9 @@ def test_query_latency_is_small_for_serving(tmp_path: Path) -> None:
     loaded = load_version(save_version(fit(log, items, replace(CFG, model=model_cfg, epochs=1)), tmp_path))
     history = [(f"i{k}", "view") for k in range(50)]
     loaded.query_vector(history)
-    start = time.perf_counter()
-    for _ in range(20):
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
         loaded.query_vector(history)
-    assert (time.perf_counter() - start) / 20 < 0.05  # generous bound on a shared CPU; benchmark says ~1 ms
+        times.append(time.perf_counter() - start)
+    assert float(np.median(times)) < 0.05  # generous bound on a shared CPU; the benchmark reports ~1 ms

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import leave_one_out_split
-from app.ml.model import RecModel
+from app.ml.model import TwoTower
 from app.ml.synthetic import chain_world
 from app.ml.train import Trainer, ddp_setup, evaluate_model, fit_split, make_windows
 
@@ -41,11 +41,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         result = fit_split(split, items, CFG, holdout=1)
         test = evaluate_model(result.model, split.sequences(1), split.test_items, torch.device("cpu"))
         with torch.inference_mode():
-            np.save(Path(out) / f"table{rank}.npy", result.model.items(None).numpy())
+            np.save(Path(out) / f"table{rank}.npy", result.model.item_vectors(None).numpy())
         # Without the final broadcast: after DDP steps on different shards the weights are still equal.
         windows = make_windows(split.sequences(2), CFG.model.max_len)
         popularity = np.ones(split.n_items)
-        model = RecModel(split.n_items, len(split.type_names), result.model.items.features, CFG.model)
+        model = TwoTower(
+            split.n_items, len(split.type_names), result.model.towers[0].items.features, CFG.model
+        )
         trainer = Trainer(
             model,
             CFG,

@@ -58,7 +58,7 @@ def test_favourite_category_users_get_their_category_and_cold_items_rank_high() 
     split = leave_one_out_split(log, extra_items=items)
     queries = user_queries(model, split.sequences(0), torch.device("cpu"))  # [U, d+1]
     with torch.inference_mode():
-        scores = (queries @ model.items(None).T).numpy()  # [U, N]
+        scores = (queries @ model.item_vectors(None).T).numpy()  # [U, N]
     item_cat = np.array([items[i].categories[0] for i in result.item_ids])
     row = {item: r for r, item in enumerate(result.item_ids)}
     cold = np.array([row[i] for i in items if int(i.split("item")[1]) >= 20])
