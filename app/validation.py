@@ -44,6 +44,8 @@ def friendly(err: dict[str, Any]) -> str:
         return f"must be a number (got {value!r})"[:200]
     if kind in ("datetime_type", "datetime_parsing", "datetime_from_date_parsing"):
         return f"must be an ISO 8601 date-time such as 2026-11-27T10:00:00Z (got {value!r})"[:200]
+    if kind == "string_pattern_mismatch" and "\\x00" in str((err.get("ctx") or {}).get("pattern", "")):
+        return "must not contain NUL (\\u0000) characters"
     if kind == "extra_forbidden":
         return "is not a known field: remove it"
     return msg[0].lower() + msg[1:] if msg else "is invalid"

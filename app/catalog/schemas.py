@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.events.schemas import Identifier
+from app.events.schemas import NO_NUL, Identifier
 
 
 def _utc(value: datetime) -> datetime:
@@ -16,7 +16,7 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=NO_NUL)]
 
 
 class ItemFields(BaseModel):
@@ -39,7 +39,7 @@ class ItemFields(BaseModel):
         },
     )
 
-    title: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    title: Annotated[str, StringConstraints(max_length=1000, pattern=NO_NUL)] | None = None
     categories: list[Label] | None = Field(default=None, max_length=100)
     tags: list[Label] | None = Field(default=None, max_length=200)
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)

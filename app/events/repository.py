@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
@@ -25,20 +26,22 @@ class NewEvent:
     ts: datetime
 
 
-_PG_INSERT_USERS = text(
-    "INSERT INTO users (user_id, attributes, created_at, updated_at) SELECT u, '{}', now(), now() "
-    "FROM unnest(CAST(:ids AS text[])) AS u "
-    "ON CONFLICT (user_id) DO NOTHING"
-)
-_PG_INSERT_ITEMS = text(
-    "INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at) "
-    "SELECT u, '[]', '[]', true, false, '{}', now(), now() FROM unnest(CAST(:ids AS text[])) AS u "
-    "ON CONFLICT (item_id) DO NOTHING"
-)
-_PG_INSERT_EVENTS = text(
+# One statement, one round trip: the rows travel as one JSON document (parsed in C on the server, where
+# psycopg's text arrays cost ~4 ms of Python quoting per 500 events); unknown users and items are created by
+# data-modifying CTEs (always executed), in sorted order so that concurrent batches cannot deadlock on them.
+_PG_INSERT_BATCH = text(
+    "WITH new_users AS ("
+    " INSERT INTO users (user_id, attributes, created_at, updated_at)"
+    " SELECT u, '{}', now(), now() FROM json_array_elements_text(CAST(:users AS json)) AS u"
+    " ON CONFLICT (user_id) DO NOTHING"
+    "), new_items AS ("
+    " INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at)"
+    " SELECT i, '[]', '[]', true, false, '{}', now(), now() FROM json_array_elements_text(CAST(:items AS json)) AS i"
+    " ON CONFLICT (item_id) DO NOTHING"
+    ") "
     "INSERT INTO events (event_id, user_id, item_id, type, value, ts) "
-    "SELECT * FROM unnest(CAST(:event_ids AS text[]), CAST(:user_ids AS text[]), CAST(:item_ids AS text[]), "
-    "CAST(:types AS text[]), CAST(:values AS float8[]), CAST(:ts AS timestamptz[])) "
+    "SELECT e, u, i, t, v, ts FROM json_to_recordset(CAST(:events AS json)) "
+    "AS x(e text, u text, i text, t text, v float8, ts timestamptz) "
     "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
 )
 
@@ -59,17 +62,16 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
     users = sorted({e.user_id for e in events})  # a fixed lock order: concurrent batches cannot deadlock
     items = sorted({e.item_id for e in events})
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_INSERT_USERS, {"ids": users})
-        session.execute(_PG_INSERT_ITEMS, {"ids": items})
+        rows = [
+            {"e": e.event_id, "u": e.user_id, "i": e.item_id, "t": e.type, "v": e.value, "ts": _as_utc(e.ts)}
+            for e in events
+        ]  # json_to_recordset keeps the array's order: row ids follow the batch order
         result = session.execute(
-            _PG_INSERT_EVENTS,
+            _PG_INSERT_BATCH,
             {
-                "event_ids": [e.event_id for e in events],
-                "user_ids": [e.user_id for e in events],
-                "item_ids": [e.item_id for e in events],
-                "types": [e.type for e in events],
-                "values": [e.value for e in events],
-                "ts": [_as_utc(e.ts) for e in events],
+                "users": orjson.dumps(users).decode(),
+                "items": orjson.dumps(items).decode(),
+                "events": orjson.dumps(rows).decode(),
             },
         )
         return int(result.rowcount)  # type: ignore[attr-defined]

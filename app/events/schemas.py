@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.db.tables import ID_LENGTH
 
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the store
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH, pattern=NO_NUL)
+]
 
 
 class EventIn(BaseModel):
@@ -36,9 +39,9 @@ class EventIn(BaseModel):
     )
     user_id: Identifier
     item_id: Identifier
-    type: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] = Field(
-        description="view, click, add_to_cart, purchase, rating, or a type added in configuration"
-    )
+    type: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=NO_NUL)
+    ] = Field(description="view, click, add_to_cart, purchase, rating, or a type added in configuration")
     value: float | None = Field(default=None, allow_inf_nan=False, description="rating value, quantity, ...")
     timestamp: datetime | None = Field(default=None, description="ISO 8601; defaults to the time of receipt")
 

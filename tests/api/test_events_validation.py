@@ -79,6 +79,8 @@ BAD_EVENTS: list[tuple[str, Any, str]] = [
         {"user_id": "u1", "item_id": "i", "type": "view", "timestamp": "yesterday"},
         "timestamp:",
     ),
+    ("NUL in user_id", {"user_id": "u\x00", "item_id": "i", "type": "view"}, "user_id: must not contain NUL"),
+    ("NUL in type", {"user_id": "u1", "item_id": "i", "type": "vi\x00ew"}, "type: must not contain NUL"),
     ("entry not an object", "just a string", "must be an object"),
     ("entry null", None, "must be an object"),
 ]

@@ -54,6 +54,8 @@ def test_put_bad_fields_are_422_naming_them(client: TestClient) -> None:
         ({"colour": "red"}, "colour: is not a known field"),
         ({"available": "perhaps"}, "available:"),
         ({"published_at": "soon"}, "published_at: must be an ISO 8601"),
+        ({"title": "nul\x00"}, "title: must not contain NUL"),
+        ({"tags": ["a\x00"]}, "tags[0]: must not contain NUL"),
     ]
     for body, message in cases:
         r = client.put("/v1/items/sku-1", json=body)
@@ -70,6 +72,7 @@ def test_put_bad_fields_are_422_naming_them(client: TestClient) -> None:
     r = client.put("/v1/items/" + "x" * 257, json={})
     assert r.status_code == 422
     assert "item_id" in r.json()["error"]["message"] and "256" in r.json()["error"]["message"]
+    assert client.put("/v1/items/a%00b", json={}).status_code == 422
     assert client.get("/v1/items/sku-1").status_code == 404  # nothing was created
 
 

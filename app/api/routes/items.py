@@ -15,11 +15,13 @@ from app.catalog.schemas import ItemFields, ItemIn, ItemOut, ItemPage
 from app.db.engine import run_transaction
 from app.db.tables import ID_LENGTH, Item
 from app.errors import NotFound, ValidationFailed
-from app.events.schemas import IngestResult, Rejection
+from app.events.schemas import NO_NUL, IngestResult, Rejection
 from app.validation import describe, dotted
 
 router = APIRouter(tags=["items"])
-ItemId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the item's external id")]
+ItemId = Annotated[
+    str, Path(min_length=1, max_length=ID_LENGTH, pattern=NO_NUL, description="the item's external id")
+]
 
 
 def item_out(item: Item) -> ItemOut:

@@ -13,9 +13,12 @@ from app.db.engine import run_transaction
 from app.db.tables import ID_LENGTH
 from app.errors import NotFound
 from app.events import repository as events
+from app.events.schemas import NO_NUL
 
 router = APIRouter(tags=["users"])
-UserId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the user's external id")]
+UserId = Annotated[
+    str, Path(min_length=1, max_length=ID_LENGTH, pattern=NO_NUL, description="the user's external id")
+]
 
 
 @router.put("/v1/users/{user_id}", response_model=UserOut, dependencies=[Depends(require("ingest"))])
