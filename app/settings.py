@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
@@ -210,6 +210,9 @@ class Settings(BaseSettings):
         return out
 
 
+SECRET_FIELDS = frozenset({"api_keys"})  # their values are never echoed in messages
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings, turning a validation error into one readable message naming the variable."""
     try:
@@ -218,5 +221,11 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(f"RECO_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            secret = field.split(".")[0] in SECRET_FIELDS
+            shown = "(value hidden)" if secret else f"(got {err.get('input')!r})"
+            lines.append(f"RECO_{field.upper()}: {err['msg']} {shown}")
         raise SystemExit("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:  # a complex value (a JSON object or list) that does not parse
+        found = re.search(r'field "([a-z_]+)"', str(exc))
+        name = f"RECO_{found.group(1).upper()}" if found else "a RECO_* variable"
+        raise SystemExit(f"invalid configuration:\n  {name}: not valid JSON ({exc})") from None
