@@ -23,7 +23,7 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.3
-    attn_dropout: float = 0.3
+    attn_dropout: float = 0.0
     feature_buckets: int = 1 << 14
     max_features: int = 32
     id_dropout: float = 0.1

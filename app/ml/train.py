@@ -241,7 +241,9 @@ class Trainer:
             pos_targets = torch.searchsorted(candidates, pos_targets)  # [P]
         states, cand_vecs = self.forward(items, types, candidates)  # [B, L, d], [C, d+1]
         query = TwoTower.query(states[mask])  # [P, d+1]
-        logits = (query @ cand_vecs.T).float() - log_q  # [P, C]
+        logits = (query @ cand_vecs.T).float()  # [P, C]
+        if isinstance(log_q, Tensor):
+            logits = logits - log_q
         losses = F.cross_entropy(logits, pos_targets, reduction="none")  # [P]
         # Divide by the expected weight of a batch, not this batch's own: bucketed batches of short windows
         # would otherwise weigh each of their positions more than long ones do.

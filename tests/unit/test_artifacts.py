@@ -150,3 +150,25 @@ def test_query_latency_is_small_for_serving(tmp_path: Path) -> None:
         loaded.query_vector(history)
         times.append(time.perf_counter() - start)
     assert float(np.median(times)) < 0.05  # generous bound on a shared CPU; the benchmark reports ~1 ms
+
+
+def test_two_member_model_round_trips_as_one_inner_product(tmp_path: Path) -> None:
+    log, items = chain_world(n_items=30, n_users=90, length=10, seed=6)
+    cfg = replace(CFG, model=replace(CFG.model, members=2), epochs=8, refit_on_all=False)
+    result = fit(log, items, cfg)
+    loaded = load_version(save_version(result, tmp_path))
+    assert loaded.item_vectors.shape == (30, 2 * 16 + 1)
+    history = [(f"i{k}", "view") for k in range(4, 9)]
+    query = loaded.query_vector(history)
+    assert query is not None and query.shape == (33,)
+    # The served score is the sum of the two members' scores.
+    towers = result.model.towers
+    rows = torch.tensor([[loaded.row_of[i] for i, _ in history]])
+    types = torch.zeros_like(rows)
+    with torch.inference_mode():
+        total = np.zeros(30, dtype=np.float32)
+        for tower in towers:
+            table = tower.item_vectors(None)  # [N, d+1]
+            u = tower.query(tower.encode(table[rows], types, None)[:, -1])  # [1, d+1]
+            total += (u @ table.T)[0].numpy()
+    np.testing.assert_allclose(loaded.item_vectors @ query, total, rtol=1e-4, atol=1e-4)
