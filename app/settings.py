@@ -112,7 +112,9 @@ class Settings(BaseSettings):
         default=200, ge=1, le=5000, description="latest events read per request to exclude seen items"
     )
     index_exact_max_items: int = Field(
-        default=200_000, ge=0, description="exact (flat) FAISS search up to this many items, IVF above"
+        default=50_000,
+        ge=0,
+        description="exact (flat) FAISS search up to this many items, IVF above (docs/BENCHMARKS.md, Serving)",
     )
     index_nprobe: int = Field(default=16, ge=1, description="IVF lists probed per query")
     explain_top: int = Field(default=2, ge=1, le=10, description="history items named per explanation")

@@ -415,6 +415,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "load_average_before": [round(x, 2) for x in os.getloadavg()],
                         "loads": [],
                     }
+                    run["index"] = _http(port, "GET", "/readyz")[2]["serving"]["index"]
                     for u in range(CACHED_USERS):  # warm the cached users
                         _http(port, "GET", f"/v1/users/u{u}/recommendations?k=10")
                     for mode in ("bare", "cached", "uncached"):
@@ -458,14 +459,15 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| items | server ready s | freshness: ack -> answer p50 / max ms | reflected |",
-        "|---:|---:|---|---:|",
+        "| items | index | server ready s | freshness: ack -> answer p50 / max ms | reflected | load avg |",
+        "|---:|---|---:|---|---:|---|",
     ]
     for run in results["runs"]:
         f = run["freshness"]
         lines.append(
-            f"| {run['items']:,} | {run['server_ready_s']} | {f['ack_to_answer_p50_ms']:.2f} / "
-            f"{f['ack_to_answer_max_ms']:.2f} | {f['reflected']}/{f['trials']} |"
+            f"| {run['items']:,} | {run.get('index', '?')} | {run['server_ready_s']} | "
+            f"{f['ack_to_answer_p50_ms']:.2f} / {f['ack_to_answer_max_ms']:.2f} | {f['reflected']}/{f['trials']} | "
+            f"{run['load_average_before'][0]} -> {run['load_average_after'][0]} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -53,7 +53,13 @@ async def readyz(request: Request) -> FastJSONResponse:
         }
         return FastJSONResponse(body, status_code=503)
     registry = get_state(request).registry
-    serving = {"model_version": registry.version, "model_error": registry.last_error}
+    current = registry.current
+    serving = {
+        "model_version": current.version if current else None,
+        "items": current.n_rows if current else 0,
+        "index": current.index.kind if current else None,
+        "model_error": registry.last_error,
+    }
     return FastJSONResponse({"status": "ready", "checks": checks, "serving": serving})
 
 

@@ -1,12 +1,13 @@
 """Recommendations, anonymous sessions, similar items and popular items (scope read).
 
-Routes are `async`: a cached answer is served from the event loop (two cache round trips, no thread hop);
+Routes are `async`: a cached answer is served from the event loop (one or two cache round trips, no thread hop);
 the work of an uncached answer (one database query, the user tower, FAISS) runs in the threadpool.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,6 @@ from app.serving.schemas import MAX_K, MAX_LIST, PopularOut, RecommendationsOut,
 
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(require("read"))])
 
-UserId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the user's external id")]
 ItemId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the item's external id")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items (1 to 500)")]
 Category = Annotated[
@@ -48,28 +48,109 @@ def _exclude_list(raw: str | None) -> tuple[str, ...]:
     elif any(len(i) > ID_LENGTH for i in ids):
         problem = f"each id must have at most {ID_LENGTH} characters"
     if problem:
-        raise ValidationFailed(f"exclude: {problem}", details=[{"loc": ["query", "exclude"], "msg": problem}])
+        raise _invalid("exclude", problem)
     return ids
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _invalid(name: str, msg: str, where: str = "query") -> ValidationFailed:
+    return ValidationFailed(f"{where}.{name}: {msg}", details=[{"loc": [where, name], "msg": msg}])
+
+
+def _int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _invalid(name, f"must be an integer from {low} to {high} (got {raw[:40]!r})") from None
+    if not low <= value <= high:
+        raise _invalid(name, f"must be from {low} to {high} (got {value})")
+    return value
+
+
+def _bool_param(query: Mapping[str, str], name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise _invalid(name, f"must be true or false (got {raw[:40]!r})")
+
+
+def _id_param(value: str | None, name: str, where: str = "query") -> str | None:
+    if value is None:
+        return None
+    if not value:
+        raise _invalid(name, "must not be empty", where)
+    if len(value) > ID_LENGTH:
+        raise _invalid(name, f"must have at most {ID_LENGTH} characters (got {len(value)})", where)
+    return value
+
+
+def _user_request(request: Request) -> tuple[str, RecParams]:
+    """The user id and parameters of a recommendation request, or a 422 naming the bad one.
+
+    Parsed here rather than by FastAPI's parameter machinery: on a cache hit that machinery would be most of
+    the request's cost (the parameters are documented through `openapi_extra`).
+    """
+    query = request.query_params
+    user_id = _id_param(request.path_params["user_id"], "user_id", "path")
+    assert user_id is not None  # the route's path always holds one
+    params = RecParams(
+        k=_int_param(query, "k", 10, 1, MAX_K),
+        category=_id_param(query.get("category"), "category"),
+        exclude=_exclude_list(query.get("exclude")),
+        include_seen=_bool_param(query, "include_seen"),
+        explain=_bool_param(query, "explain"),
+    )
+    return user_id, params
+
+
+def _documented(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+_USER_PARAMETERS = [
+    _documented("user_id", "path", {"type": "string", "maxLength": ID_LENGTH}, "the user's external id"),
+    _documented(
+        "k", "query", {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10}, "how many items"
+    ),
+    _documented(
+        "category", "query", {"type": "string", "maxLength": ID_LENGTH}, "only items of this category"
+    ),
+    _documented("exclude", "query", {"type": "string"}, "item ids never to return, comma separated"),
+    _documented("include_seen", "query", {"type": "boolean", "default": False}, "also items the user had"),
+    _documented(
+        "explain", "query", {"type": "boolean", "default": False}, "name the history items behind each"
+    ),
+]
 
 
 @router.get(
     "/v1/users/{user_id}/recommendations",
-    response_model=RecommendationsOut,
-    response_class=Response,
-    responses={200: {"content": {JSON: {}}, "description": "the answer; header X-Cache says hit or miss"}},
+    responses={
+        200: {"model": RecommendationsOut, "description": "the answer; header X-Cache says hit or miss"},
+        422: {"description": "a parameter is out of range; the message names it"},
+    },
+    openapi_extra={"parameters": _USER_PARAMETERS},
 )
-async def user_recommendations(
-    user_id: UserId,
-    request: Request,
-    k: K = 10,
-    category: Category = None,
-    exclude: Exclude = None,
-    include_seen: Annotated[bool, Query(description="also return items the user interacted with")] = False,
-    explain: Annotated[bool, Query(description="name the history items behind each item")] = False,
-) -> Response:
+async def user_recommendations(request: Request) -> Response:
     """What the user should see next, from their latest events (an event sent a moment ago counts)."""
+    user_id, params = _user_request(request)
     recommender = get_state(request).recommender
-    params = RecParams(k, category, _exclude_list(exclude), include_seen, explain)
     fresh, hit = recommender.cached_for_user(user_id, params)
     if hit is not None:
         return _answer(hit, "hit")
@@ -78,9 +159,7 @@ async def user_recommendations(
 
 @router.post(
     "/v1/recommendations",
-    response_model=RecommendationsOut,
-    response_class=Response,
-    responses={200: {"content": {JSON: {}}}},
+    responses={200: {"model": RecommendationsOut, "description": "the answer (`user_id` null)"}},
 )
 async def session_recommendations(body: SessionIn, request: Request) -> Response:
     """Recommendations for an anonymous session from the items it just saw (`user_id` is null)."""
@@ -91,9 +170,10 @@ async def session_recommendations(body: SessionIn, request: Request) -> Response
 
 @router.get(
     "/v1/items/{item_id}/similar",
-    response_model=SimilarOut,
-    response_class=Response,
-    responses={200: {"content": {JSON: {}}}, 404: {"description": "unknown item"}},
+    responses={
+        200: {"model": SimilarOut, "description": "similar items"},
+        404: {"description": "unknown item"},
+    },
 )
 async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: Category = None) -> Response:
     """Items like this one (nearest item vectors), or popular ones in its category."""
@@ -120,9 +200,7 @@ async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: 
 
 @router.get(
     "/v1/popular",
-    response_model=PopularOut,
-    response_class=Response,
-    responses={200: {"content": {JSON: {}}}},
+    responses={200: {"model": PopularOut, "description": "popular items"}},
 )
 async def popular_items(
     request: Request,
