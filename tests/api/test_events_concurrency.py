@@ -1,5 +1,5 @@
-"""The same event_id from two clients at once, against a real `reco serve` with two worker processes:
-stored once, counted once as a duplicate (on SQLite and PostgreSQL)."""
+"""The same event_id from two clients at once, against a real `reco serve` (two worker processes on
+PostgreSQL): stored once, counted once as a duplicate (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from tests.helpers.servers import uvicorn_server
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[str]:
-    """`reco serve --workers 2` on the test's store."""
+    """`reco serve` on the test's store: two worker processes on PostgreSQL (as in production), one on SQLite
+    (its threads still race; a second worker would only double the slow start)."""
     env = {
         "RECO_DATABASE_URL": database_url,
         "RECO_API_KEYS": STATIC_KEYS,
         "RECO_EMBEDDED_WORKER": "false",
         "RECO_LOG_LEVEL": "WARNING",
     }
-    with uvicorn_server(env, workers=2) as base:
+    with uvicorn_server(env, workers=1 if database_url.startswith("sqlite") else 2) as base:
         yield base
 
 
