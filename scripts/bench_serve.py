@@ -14,7 +14,7 @@ The catalog is a synthetic model version written through the artifacts API (`sav
 initialised two-tower model whose item id embeddings are set to clustered random vectors, d = 64); users and
 their events are real rows in a private PostgreSQL database (dropped at the end) and a private redis-server.
 
-    .venv/bin/python scripts/bench_serve.py --items 100000,1000000 --out docs/bench/serve
+    .venv/bin/python scripts/bench_serve.py --items 100000,1000000   # writes var/bench/serve.{json,md}
 """
 
 from __future__ import annotations
@@ -243,7 +243,8 @@ def synthetic_version(n_items: int, artifact_dir: Path, version: str, seed: int 
     assign = rng.integers(n_clusters, size=n_items)  # [N]
     vectors = centers[assign] + 0.5 * rng.normal(size=(n_items, cfg.d + 1)).astype(np.float32)  # [N, d+1]
     with torch.no_grad():
-        model.items.id_table.weight.copy_(torch.from_numpy(0.2 * vectors))
+        for tower in model.towers:  # one member: the served vectors are its (v, b) rows
+            tower.items.id_table.weight.copy_(torch.from_numpy(0.2 * vectors))
     result = FitResult(
         model=model.eval(),
         config=TrainConfig(model=cfg, device="cpu"),
@@ -495,7 +496,7 @@ def main() -> None:
         default=os.environ.get("RECO_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL server where a private database may be created",
     )
-    parser.add_argument("--out", default="docs/bench/serve", help="writes OUT.json and OUT.md")
+    parser.add_argument("--out", default="var/bench/serve", help="writes OUT.json and OUT.md")
     args = parser.parse_args()
     if args.command == "loadgen":
         loadgen_main(args)

@@ -63,35 +63,50 @@ _EMPTY = Ranking([], np.empty(0))
 
 
 class _Window:
-    """Sparse per-bucket weights of one window."""
+    """Per-bucket (item code, weight) chunks of one window, compacted when ranked."""
 
     def __init__(self, seconds: int) -> None:
         self.seconds = seconds
         self.width = max(1.0, seconds / BUCKETS)
         self.half_life = seconds / 2
-        self.buckets: dict[int, dict[str, float]] = {}
+        self.buckets: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def add(self, item_id: str, ts: float, weight: float, now: float) -> None:
-        if ts < now - self.seconds:
+    def add(self, codes: np.ndarray, times: np.ndarray, weights: np.ndarray, now: float) -> None:
+        """File events (codes int64 [n], epoch seconds [n], weights [n]) in their buckets."""
+        keep = times >= now - self.seconds  # [n]
+        if not keep.any():
             return
-        bucket = self.buckets.setdefault(int(ts // self.width), {})
-        bucket[item_id] = bucket.get(item_id, 0.0) + weight
+        codes, weights = codes[keep], weights[keep]
+        bucket_of = (times[keep] // self.width).astype(np.int64)  # [m]
+        for bucket in np.unique(bucket_of).tolist():
+            inside = bucket_of == bucket  # [m]
+            self.buckets.setdefault(bucket, []).append((codes[inside], weights[inside]))
 
-    def scores(self, now: float) -> dict[str, float]:
+    def scores(self, now: float, n_codes: int) -> np.ndarray:
+        """Decayed weight of every item code ([n_codes] float64); drops buckets that left the window."""
         oldest = int((now - self.seconds) // self.width)
-        for b in [b for b in self.buckets if b < oldest]:
-            del self.buckets[b]
-        out: dict[str, float] = {}
-        for b, weights in self.buckets.items():
-            age = max(0.0, now - (b + 0.5) * self.width)
-            factor = math.pow(0.5, age / self.half_life)
-            for item_id, w in weights.items():
-                out[item_id] = out.get(item_id, 0.0) + w * factor
-        return out
+        for bucket in [b for b in self.buckets if b < oldest]:
+            del self.buckets[bucket]
+        total = np.zeros(n_codes, dtype=np.float64)  # [n_codes]
+        for bucket, chunks in self.buckets.items():
+            if len(chunks) > 1:  # compact: one (unique codes, summed weights) chunk per bucket
+                sums = np.bincount(
+                    np.concatenate([c for c, _ in chunks]), np.concatenate([w for _, w in chunks])
+                )
+                present = np.flatnonzero(sums)
+                chunks[:] = [(present, sums[present])]
+            codes, weights = chunks[0]
+            age = max(0.0, now - (bucket + 0.5) * self.width)
+            total += np.bincount(codes, weights * math.pow(0.5, age / self.half_life), minlength=n_codes)
+        return total
 
 
 class PopularCounters:
-    """Decayed counts per window plus all-time counts; `rank` publishes rankings read by requests."""
+    """Decayed counts per window plus all-time counts; `rank` publishes rankings read by requests.
+
+    Items are coded as integers once; counting and ranking are numpy work proportional to the events in the
+    windows (a rebuild holds the GIL for milliseconds, not for a Python loop over every item).
+    """
 
     def __init__(
         self, windows: Sequence[str], event_weights: dict[str, float], max_ranked: int = 50_000
@@ -99,28 +114,46 @@ class PopularCounters:
         self.windows = {w: _Window(window_seconds(w)) for w in windows}
         self.event_weights = dict(event_weights)
         self.max_ranked = max_ranked
-        self._all: dict[str, float] = {}
+        self._code_of: dict[str, int] = {}
+        self._item_ids: list[str] = []
+        self._all = np.zeros(0, dtype=np.float64)  # [n_codes]
         self._rankings: dict[str, Ranking] = {}
         self.events_seen = 0
 
     def add(self, rows: Iterable[tuple[str, str, float]], now: float) -> int:
         """Count (item_id, type, epoch seconds) events; returns how many."""
-        n = 0
+        codes: list[int] = []
+        weights: list[float] = []
+        times: list[float] = []
         for item_id, event_type, ts in rows:
-            weight = self.event_weights.get(event_type, 1.0)
-            self._all[item_id] = self._all.get(item_id, 0.0) + weight
-            for window in self.windows.values():
-                window.add(item_id, ts, weight, now)
-            n += 1
-        self.events_seen += n
-        return n
+            code = self._code_of.get(item_id)
+            if code is None:
+                code = self._code_of[item_id] = len(self._item_ids)
+                self._item_ids.append(item_id)
+            codes.append(code)
+            weights.append(self.event_weights.get(event_type, 1.0))
+            times.append(ts)
+        if not codes:
+            return 0
+        code_arr = np.asarray(codes, dtype=np.int64)  # [n]
+        weight_arr = np.asarray(weights, dtype=np.float64)  # [n]
+        time_arr = np.asarray(times, dtype=np.float64)  # [n]
+        self._all = np.bincount(code_arr, weight_arr, minlength=len(self._item_ids)) + np.pad(
+            self._all, (0, len(self._item_ids) - len(self._all))
+        )
+        for window in self.windows.values():
+            window.add(code_arr, time_arr, weight_arr, now)
+        self.events_seen += len(codes)
+        return len(codes)
 
     def rank(self, now: float) -> None:
         """Rebuild and publish every ranking (one reference assignment each)."""
+        n = len(self._item_ids)
         rankings = {
-            name: _ranking(window.scores(now), self.max_ranked) for name, window in self.windows.items()
+            name: _ranking(window.scores(now, n), self._item_ids, self.max_ranked)
+            for name, window in self.windows.items()
         }
-        rankings[ALL_TIME] = _ranking(self._all, self.max_ranked)
+        rankings[ALL_TIME] = _ranking(self._all, self._item_ids, self.max_ranked)
         self._rankings = rankings
 
     def ranking(self, window: str) -> Ranking:
@@ -128,17 +161,14 @@ class PopularCounters:
         return self._rankings.get(window, _EMPTY)
 
 
-def _ranking(scores: dict[str, float], limit: int) -> Ranking:
-    if not scores:
+def _ranking(scores: np.ndarray, item_ids: list[str], limit: int) -> Ranking:
+    present = np.flatnonzero(scores > 0)  # [m]
+    if present.size == 0:
         return _EMPTY
-    ids = list(scores)
-    values = np.fromiter(scores.values(), dtype=np.float64, count=len(ids))  # [n]
-    if len(ids) > limit:
-        top = np.argpartition(-values, limit - 1)[:limit]  # [limit] unordered
-    else:
-        top = np.arange(len(ids))
-    order = top[np.argsort(-values[top], kind="stable")]  # [m]
-    return Ranking([ids[i] for i in order.tolist()], values[order])
+    if present.size > limit:
+        present = present[np.argpartition(-scores[present], limit - 1)[:limit]]  # [limit] unordered
+    order = present[np.argsort(-scores[present], kind="stable")]  # [m]
+    return Ranking([item_ids[i] for i in order.tolist()], scores[order])
 
 
 @dataclass(frozen=True, slots=True)
