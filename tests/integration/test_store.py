@@ -177,3 +177,15 @@ def test_bulk_loaders_are_idempotent(sessions: sessionmaker[Session]) -> None:
         item = catalog.get_item(s, "m3")
         assert item is not None and item.categories == ["Drama"] and item.title == "Movie 3"
         assert repository.count_for_user(s, "u1") == 13
+
+
+def test_ids_with_quotes_backslashes_and_unicode_round_trip(sessions: sessionmaker[Session]) -> None:
+    odd = ['a"b', "back\\slash", "O'Brien", "emoji-🙂", "tab\tand\nnewline", "{json}", "x" * 256, "ü,;()"]
+    insert(sessions, [ev(n, user=u, item=u, event_id=u) for n, u in enumerate(odd)])
+    assert insert(sessions, [ev(0, user=u, item=u, event_id=u) for u in odd]) == 0  # all known again
+    rows = all_events(sessions)
+    assert [r[0] for r in rows] == odd and [r[1] for r in rows] == odd
+    with sessions() as s:
+        assert sorted(s.scalars(sa.text("SELECT user_id FROM users")).all()) == sorted(odd)
+        assert sorted(s.scalars(sa.text("SELECT item_id FROM items")).all()) == sorted(odd)
+        assert sorted(s.scalars(sa.text("SELECT event_id FROM events")).all()) == sorted(odd)
