@@ -126,7 +126,7 @@ def test_batch_post_limits_and_all_invalid(client: TestClient) -> None:
 
 def _seed_catalog(client: TestClient) -> dict[str, dict[str, Any]]:
     """37 items: every third in `shoes`, every fourth unavailable, two hidden."""
-    items = []
+    items: list[dict[str, Any]] = []
     for n in range(37):
         cats = ["shoes"] if n % 3 == 0 else ["hats"]
         if n % 5 == 0:

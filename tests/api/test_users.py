@@ -13,7 +13,8 @@ from app.settings import Settings
 
 def app_cache(client: TestClient) -> Cache:
     """The cache the app's lifespan built (memory or Redis, as the test's settings say)."""
-    return client.app_state["app"].cache  # type: ignore[no-any-return]
+    cache: Cache = client.app_state["app"].cache
+    return cache
 
 
 def test_put_creates_and_replaces_attributes(client: TestClient) -> None:

@@ -102,5 +102,5 @@ def test_overrides_win_and_settings_are_frozen() -> None:
     settings = load_settings(max_batch=9)
     assert settings.max_batch == 9
     with pytest.raises(Exception, match="frozen"):
-        settings.max_batch = 10  # type: ignore[misc]
+        settings.max_batch = 10
     assert isinstance(Settings(), Settings)
