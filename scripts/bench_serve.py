@@ -173,7 +173,8 @@ def run_load(port: int, mode: str, concurrency: int, duration: float, first_user
     cmd = [sys.executable, __file__, "loadgen", "--port", str(port), "--mode", mode]
     cmd += ["--concurrency", str(concurrency), "--duration", str(duration), "--first-user", str(first_user)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 # ---- fixtures: database, redis, synthetic model ----------------------------------------------------------

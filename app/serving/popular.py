@@ -138,9 +138,10 @@ class PopularCounters:
         code_arr = np.asarray(codes, dtype=np.int64)  # [n]
         weight_arr = np.asarray(weights, dtype=np.float64)  # [n]
         time_arr = np.asarray(times, dtype=np.float64)  # [n]
-        self._all = np.bincount(code_arr, weight_arr, minlength=len(self._item_ids)) + np.pad(
-            self._all, (0, len(self._item_ids) - len(self._all))
-        )
+        added = np.bincount(code_arr, weight_arr, minlength=len(self._item_ids)).astype(
+            np.float64
+        )  # [n_codes]
+        self._all = added + np.pad(self._all, (0, len(self._item_ids) - len(self._all)))
         for window in self.windows.values():
             window.add(code_arr, time_arr, weight_arr, now)
         self.events_seen += len(codes)

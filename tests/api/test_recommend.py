@@ -25,7 +25,7 @@ QUIET = {"model_poll_seconds": 0, "catalog_poll_seconds": 0, "popular_poll_secon
 
 def state_of(client: TestClient) -> AppState:
     """The app's state (built by the lifespan)."""
-    return client.app.state.reco  # type: ignore[attr-defined,no-any-return]
+    return client.app.state.reco  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -229,15 +229,15 @@ def test_items_added_after_training_are_recommendable(shop: TestClient) -> None:
 
 
 def test_anonymous_session(shop: TestClient) -> None:
-    body = {"recent_items": ["cat3-item1", "cat3-item2", "cat3-item4"], "k": 6, "explain": True}
-    response = shop.post("/v1/recommendations", json=body)
+    recent = ["cat3-item1", "cat3-item2", "cat3-item4"]
+    response = shop.post("/v1/recommendations", json={"recent_items": recent, "k": 6, "explain": True})
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["user_id"] is None and answer["strategy"] == "personalized"
     assert Counter(map(category, ids(answer)))["cat3"] >= 5
-    assert not set(body["recent_items"]) & set(ids(answer))
+    assert not set(recent) & set(ids(answer))
     for item in answer["items"]:
-        assert set(item["explanation"]["because"]) <= set(body["recent_items"])
+        assert set(item["explanation"]["because"]) <= set(recent)
     cold = shop.post("/v1/recommendations", json={"recent_items": [], "k": 3}).json()
     assert cold["strategy"] == "popular" and len(cold["items"]) == 3
     bad = shop.post("/v1/recommendations", json={"recent_items": ["a"], "k": 0})
