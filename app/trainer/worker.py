@@ -193,8 +193,7 @@ class Worker:
             )
         except LeaseLost as exc:
             log.warning("%s; another worker owns the job now, this run's result is dropped", exc)
-            if saved is not None:
-                shutil.rmtree(saved, ignore_errors=True)
+            self._drop_unregistered(saved)
             return JobResult(lease.job_id, "lost", error=str(exc))
         except Interrupted:
             run_transaction(
@@ -205,8 +204,7 @@ class Worker:
         except Exception as exc:  # the job's row must say why it failed, whatever failed
             message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed: %s", lease.job_id, message)
-            if saved is not None:
-                shutil.rmtree(saved, ignore_errors=True)
+            self._drop_unregistered(saved)
             try:
                 run_transaction(self.sessions, lambda s: jobs.fail(s, lease, message))
             except SQLAlchemyError:
@@ -219,6 +217,18 @@ class Worker:
         log.info("job %s: version %s %s (%s)", lease.job_id, outcome.version, outcome.status, outcome.reason)
         self.housekeeping()
         return JobResult(lease.job_id, "succeeded", outcome=outcome)
+
+    def _drop_unregistered(self, saved: Path | None) -> None:
+        """Delete an artifact this run wrote but did not register (kept if a row names it after all)."""
+        if saved is None:
+            return
+        try:
+            with self.sessions() as session:
+                if registry.get_version(session, saved.name) is not None:
+                    return
+        except SQLAlchemyError:
+            return  # unknown: leave it to retention rather than risk deleting a registered version
+        shutil.rmtree(saved, ignore_errors=True)
 
     def _progress(self, lease: Lease, heartbeat: Heartbeat) -> Callable[[ProgressInfo], None]:
         def report(info: ProgressInfo) -> None:

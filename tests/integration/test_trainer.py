@@ -316,3 +316,22 @@ def test_retention_runs_after_each_job_and_spares_the_active(
     run_transaction(sessions, lambda s: registry.activate(s, names[2]))
     assert worker.housekeeping() == [names[1]]
     assert list_versions(settings.artifact_dir) == [names[2]]
+
+
+def test_a_worker_that_lost_its_lease_drops_its_result(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    load_chain_world(sessions)
+    job_id = enqueue(sessions)
+    slow = Worker(tiny(settings), sessions)
+    stale = run_transaction(sessions, lambda s: jobs.claim(s, slow.worker_id))
+    assert stale is not None
+    # The job is taken back and handed to another worker while the first one still thinks it holds it.
+    later = utcnow() + timedelta(seconds=120)
+    run_transaction(sessions, lambda s: jobs.recover_expired(s, lease_seconds=60, max_attempts=3, now=later))
+    assert run_transaction(sessions, lambda s: jobs.claim(s, "other-worker")) is not None
+
+    assert slow.run_job(stale).status == "lost"
+    job = job_row(sessions, job_id)
+    assert job["status"] == "running" and job["attempts"] == 2  # untouched: it belongs to the other worker
+    assert versions(sessions) == {} and list_versions(settings.artifact_dir) == []
