@@ -184,6 +184,9 @@ def table(result: dict[str, Any]) -> str:
     m = result["measure"]
     s = m["stages_s"]
     cfg = result["config"]
+    stop = "stopped by the time budget" if "TIME_BUDGET" in cfg else "early stopping on validation NDCG@10"
+    load = result.get("load_average")
+    busy = f" Load average before/after: {load[0]:.1f}/{load[1]:.1f} (the 2 CPUs are shared)." if load else ""
     lines = [
         SECTION,
         "",
@@ -192,13 +195,13 @@ def table(result: dict[str, Any]) -> str:
         f"ml-100k imported into the store first ({result['import']['events']:,} events, "
         f"{result['import']['items']:,} items, {result['import']['import_s']:.1f} s); `reco serve` (1 process) "
         "and a separate `python -m app.trainer` with the production poll intervals (worker 2 s, model 2 s).",
-        f"Training settings: {cfg}.",
+        f"Training settings: {cfg}.{busy}",
         "",
         "| stage | seconds |",
         "|---|---:|",
         f"| queue wait (POST -> a worker claims the job) | {s['queue_wait']:.1f} |",
         f"| read the store (stream interactions + items) | {s['read_store']:.1f} |",
-        f"| train (early stopping on validation NDCG@10, best epoch {m['best_epoch']}) | {s['train']:.1f} |",
+        f"| train ({stop}, best epoch {m['best_epoch']}) | {s['train']:.1f} |",
         f"| refit on all interactions | {(s['refit'] or 0.0):.1f} |",
         f"| write the artifact (atomic) | {s['save_artifact']:.2f} |",
         f"| activation -> the API serves it (registry poll + load + index) | {s['activation_to_serving']:.1f} |",
@@ -252,6 +255,7 @@ def main() -> int:
         "RECO_TRAIN_TIME_BUDGET_S": args.time_budget,
     }
     train_env = {k: str(v) for k, v in train_env.items() if v is not None}
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="reco-bench-retrain-"))
     try:
         store = sqlite_store(work) if args.store == "sqlite" else private_postgres(args.pg_url)
@@ -284,6 +288,7 @@ def main() -> int:
         "device": "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu",
         "config": ", ".join(f"{k}={v}" for k, v in train_env.items()) + " (the rest: the model's defaults)",
         "import": imported,
+        "load_average": [load_before, os.getloadavg()[0]],
         "measure": measured,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
