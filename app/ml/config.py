@@ -65,6 +65,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     bucket_by_length: bool = True
+    mask_seen: bool = True
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:

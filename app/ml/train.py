@@ -244,10 +244,32 @@ class Trainer:
         logits = (query @ cand_vecs.T).float()  # [P, C]
         if isinstance(log_q, Tensor):
             logits = logits - log_q
+        if self.config.mask_seen:
+            logits = self._mask_seen(logits, items, mask, candidates, pos_targets)
         losses = F.cross_entropy(logits, pos_targets, reduction="none")  # [P]
         # Divide by the expected weight of a batch, not this batch's own: bucketed batches of short windows
         # would otherwise weigh each of their positions more than long ones do.
         return (losses * weights).sum() / (self.weight_per_window * items.shape[0])
+
+    def _mask_seen(
+        self, logits: Tensor, items: Tensor, mask: Tensor, candidates: Tensor | None, targets: Tensor
+    ) -> Tensor:
+        """Hide the items already in each position's prefix: they can never be the next (de-duplicated) item,
+        exactly as evaluation and serving remove them."""
+        b, length = items.shape
+        n_items = self.n_items
+        # first[b, n]: the window position where item n appears (length when absent).
+        first = torch.full((b, n_items + 1), length, dtype=torch.long, device=items.device)  # [B, N+1]
+        slots = torch.where(items >= 0, items, torch.full_like(items, n_items))  # [B, L]
+        position = torch.arange(length, device=items.device).expand(b, length)  # [B, L]
+        first.scatter_reduce_(1, slots, position, reduce="amin")
+        first = first[:, :n_items]  # [B, N]
+        if candidates is not None:
+            first = first[:, candidates]  # [B, C]
+        rows, cols = mask.nonzero(as_tuple=True)  # [P], [P]
+        seen = first[rows] <= cols.unsqueeze(1)  # [P, C]
+        seen[torch.arange(seen.shape[0], device=seen.device), targets] = False
+        return logits.masked_fill(seen, float("-inf"))
 
     def _update_average(self) -> None:
         if self.average is None:
@@ -540,6 +562,6 @@ def describe(result: FitResult) -> dict[str, Any]:
         "parameters": int(sum(p.numel() for p in result.model.parameters())),
         "lr_schedule": "linear warm-up then constant",
         "softmax": "sampled" if len(result.item_ids) > result.config.full_softmax_max_items else "full",
-        "epochs_run": max((h["epoch"] for h in result.history if h["stage"] == "train"), default=0),
+        "epochs_run": sum(1 for h in result.history if h["stage"].startswith("train")),
         "log2_items": math.log2(max(len(result.item_ids), 1)),
     }

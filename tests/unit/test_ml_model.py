@@ -9,8 +9,9 @@ import torch
 from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import InteractionLog, leave_one_out_split
 from app.ml.evaluate import evaluate_report, format_table
+from app.ml.model import TwoTower
 from app.ml.synthetic import category_world, chain_world
-from app.ml.train import evaluate_model, fit, fit_split, user_queries
+from app.ml.train import Trainer, evaluate_model, fit, fit_split, make_windows, user_queries
 from app.records import ItemRecord
 
 TINY = TrainConfig(
@@ -128,3 +129,20 @@ def test_single_user_and_items_without_features_train() -> None:
     assert result.item_ids == [f"i{k}" for k in range(8)]
     assert result.metrics["valid_users"] == 1
     assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_training_softmax_hides_each_positions_prefix_but_never_the_target() -> None:
+    log, items = chain_world(n_items=6, n_users=4, length=5, seed=0)
+    split = leave_one_out_split(log, extra_items=items)
+    windows = make_windows(split.sequences(0), 4)
+    model = TwoTower(split.n_items, 1, torch.zeros(split.n_items, 2, dtype=torch.long), TINY.model)
+    trainer = Trainer(
+        model, TINY, windows, np.ones(2, np.float32), np.ones(split.n_items), torch.device("cpu")
+    )
+    items_t = torch.tensor([[-1, 0, 1, 2]])  # one window: inputs 0, 1, 2 -> targets 1, 2, 3
+    targets = torch.tensor([[-1, 1, 2, 3]])
+    mask = targets >= 0
+    logits = torch.zeros(3, split.n_items)
+    out = trainer._mask_seen(logits, items_t, mask, None, targets[mask])
+    hidden = [sorted(torch.nonzero(torch.isinf(row)).flatten().tolist()) for row in out]
+    assert hidden == [[0], [0, 1], [0, 1, 2]]
