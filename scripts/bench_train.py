@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--demo-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--members", type=int, default=None, help="ensemble members (default: the config's)")
+    parser.add_argument("--epochs", type=int, default=None, help="epoch cap (default: the config's)")
+    parser.add_argument("--no-refit", action="store_true", help="test with the train-only model")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "bench_train.json")
     parser.add_argument("--update-docs", action="store_true")
@@ -175,6 +178,12 @@ def main() -> None:
         sys.exit(f"{args.data}: MovieLens folder not found")
     torch.set_num_threads(args.threads)
     config = TrainConfig(device=args.device, threads=args.threads)
+    if args.members is not None:
+        config = replace(config, model=replace(config.model, members=args.members))
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    if args.no_refit:
+        config = replace(config, refit_on_all=False)
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),

@@ -23,7 +23,7 @@ class ModelConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.3
-    attn_dropout: float = 0.0
+    attn_dropout: float = 0.3
     feature_buckets: int = 1 << 14
     max_features: int = 32
     id_dropout: float = 0.1
@@ -47,12 +47,12 @@ class TrainConfig:
     """Optimisation, loss, data and device settings of one training run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
-    epochs: int = 200
-    batch_size: int = 64
-    patience: int = 5
+    warmup_steps: int = 50
+    epochs: int = 30
+    batch_size: int = 32
+    patience: int = 8
     eval_every: int = 1
     min_epochs: int = 1
     full_softmax_max_items: int = 50_000
@@ -62,8 +62,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
     refit_on_all: bool = True
-    ema_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    ema_decay: float = 0.99
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
     bucket_by_length: bool = True
     mask_seen: bool = True
     time_budget_s: float | None = None
