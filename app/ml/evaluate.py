@@ -14,7 +14,8 @@ from app.ml.baselines import EASE, EASE_MAX_ITEMS, ItemKNN, MostPop, interaction
 from app.ml.config import TrainConfig
 from app.ml.data import InteractionLog, Split, leave_one_out_split
 from app.ml.metrics import evaluate_ranking
-from app.ml.train import ProgressInfo, evaluate_model, fit_split
+from app.ml.scoring import evaluate_model
+from app.ml.train import ProgressInfo, fit_split
 from app.records import ItemRecord
 
 METRIC_COLUMNS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")

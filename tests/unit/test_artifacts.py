@@ -11,8 +11,9 @@ import torch
 
 from app.artifacts import ArtifactError, list_versions, load_version, save_version
 from app.ml.config import ModelConfig, TrainConfig
+from app.ml.scoring import user_queries
 from app.ml.synthetic import category_world, chain_world
-from app.ml.train import FitResult, fit, user_queries
+from app.ml.train import FitResult, fit
 from app.records import ItemRecord
 
 CFG = TrainConfig(

@@ -13,8 +13,11 @@ import torch.multiprocessing as mp
 from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import leave_one_out_split
 from app.ml.model import TwoTower
+from app.ml.scoring import evaluate_model
 from app.ml.synthetic import chain_world
-from app.ml.train import Trainer, ddp_setup, evaluate_model, fit_split, make_windows
+from app.ml.train import fit_split
+from app.ml.trainer import Trainer, ddp_setup
+from app.ml.windows import make_windows
 
 CFG = TrainConfig(
     model=ModelConfig(

@@ -9,7 +9,8 @@ import torch
 from app.datasets.movielens import read_movielens
 from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import InteractionLog, leave_one_out_split
-from app.ml.train import evaluate_model, fit_split
+from app.ml.scoring import evaluate_model
+from app.ml.train import fit_split
 
 ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 

@@ -10,8 +10,11 @@ from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import InteractionLog, leave_one_out_split
 from app.ml.evaluate import evaluate_report, format_table
 from app.ml.model import TwoTower
+from app.ml.scoring import evaluate_model, user_queries
 from app.ml.synthetic import category_world, chain_world
-from app.ml.train import Trainer, evaluate_model, fit, fit_split, make_windows, user_queries
+from app.ml.train import fit, fit_split
+from app.ml.trainer import Trainer
+from app.ml.windows import make_windows
 from app.records import ItemRecord
 
 TINY = TrainConfig(

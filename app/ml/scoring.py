@@ -1,0 +1,45 @@
+"""Scoring with a trained model: query vectors of sequences and full-ranking metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from app.ml.metrics import evaluate_ranking
+from app.ml.model import RecModel, TwoTower
+from app.ml.windows import Sequences, last_windows
+
+
+@torch.inference_mode()
+def user_queries(
+    model: TwoTower | RecModel, sequences: Sequences, device: torch.device, batch: int = 256
+) -> Tensor:
+    """Query vectors (u, 1) of each sequence's latest interactions ([U, d+1], on `device`)."""
+    model.eval()
+    items, types = last_windows(sequences, model.cfg.max_len)
+    table = model.item_vectors(None)  # [N, D+1]
+    out = []
+    for start in range(0, len(items), batch):
+        it = torch.from_numpy(items[start : start + batch]).to(device)
+        ty = torch.from_numpy(types[start : start + batch]).to(device)
+        valid = it >= 0  # [B, L]
+        type_ids = torch.where(ty >= 0, ty, torch.full_like(ty, model.n_types))
+        states = model.encode(table[it.clamp(min=0)], type_ids, valid)  # [B, L, d]
+        out.append(model.query(states[:, -1].float()))  # [B, D+1]
+    return torch.cat(out) if out else torch.empty(0, model.dim, device=device)
+
+
+def evaluate_model(
+    model: TwoTower | RecModel, sequences: Sequences, targets: np.ndarray, device: torch.device
+) -> dict[str, float]:
+    """Full-ranking metrics of the model: rank each target after removing the items of its sequence."""
+    queries = user_queries(model, sequences, device)  # [U, d+1]
+    with torch.inference_mode():
+        table = model.item_vectors(None).float()  # [N, D+1]
+
+    def score(users: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return (queries[torch.from_numpy(users).to(device)] @ table.T).cpu().numpy()  # [B, N]
+
+    return evaluate_ranking(score, targets, [items for items, _ in sequences])
