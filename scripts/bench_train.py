@@ -117,13 +117,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} thread(s); "
-        f"date {results['date']}.",
+        f"date {results['date']}. The 2 cores were shared with other jobs during the run: times are upper bounds.",
         "",
         "### ml-100k, test split, full ranking (EVALUATION.md)",
         "",
         format_table(ml["report"]),
         "",
-        f"- Raw files -> test model (read + log + split + train with early stopping + refit on train+valid), "
+        f"- Raw files -> test model (read + log + split + train with early stopping"
+        f"{' + refit on train+valid' if results['config']['refit_on_all'] else ''}), "
         f"per seed: {', '.join(f'{s:.0f} s' for s in ml['raw_to_model_s'])} (reading: {ml['load_s']:.1f} s).",
         f"- Training throughput: {ml['sequences_per_s']:.0f} sequences/s (windows of up to L="
         f"{results['config']['model']['max_len']} positions, every position trained).",

@@ -97,7 +97,9 @@ def _train_stage(
     model = _new_model(split, items, config, popularity)
     trainer = Trainer(model, config, windows, type_weights(split.type_names, config), popularity, device)
     per_rank = len(windows) // trainer.world
-    trainer.total_steps = epochs * math.ceil(per_rank / config.batch_size)
+    # The learning-rate schedule always spans config.epochs: a refit that stops at the best epoch then follows
+    # the very trajectory that validation chose, instead of a compressed one.
+    trainer.total_steps = max(epochs, config.epochs) * math.ceil(per_rank / config.batch_size)
     best_ndcg, best_epoch, best_metrics, best_state = -1.0, 0, {}, None
     bad = 0
     started = time.perf_counter()
@@ -105,7 +107,7 @@ def _train_stage(
         loss = trainer.epoch(epoch)
         metrics: dict[str, float] | None = None
         if valid is not None and (epoch % config.eval_every == 0 or epoch == epochs):
-            stop = torch.zeros(1)
+            stop = torch.zeros(1, device=device)  # on the device: NCCL broadcasts CUDA tensors only
             if trainer.rank == 0:
                 metrics = evaluate_model(trainer.served, valid[0], valid[1], device)
                 if metrics["NDCG@10"] > best_ndcg:
@@ -147,7 +149,7 @@ def _train_stage(
         best_epoch = epochs
     if trainer.distributed:
         # Rank 0 chose the best epoch: every rank leaves with its weights and its epoch count.
-        chosen = torch.tensor([best_epoch], dtype=torch.long)
+        chosen = torch.tensor([best_epoch], dtype=torch.long, device=device)
         dist.broadcast(chosen, src=0)
         best_epoch = int(chosen.item())
         for tensor in model.state_dict().values():
