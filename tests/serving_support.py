@@ -26,11 +26,11 @@ TINY = TrainConfig(
     model=ModelConfig(
         d=16, max_len=20, layers=1, heads=2, dropout=0.1, attn_dropout=0.1, feature_buckets=512
     ),
-    epochs=30,
+    epochs=60,
     batch_size=32,
     lr=3e-3,
     warmup_steps=5,
-    patience=5,
+    patience=10,
     device="cpu",
     threads=1,
 )

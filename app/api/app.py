@@ -9,11 +9,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import errors
-from app.api.metrics import Metrics, MetricsMiddleware, cache_gauges
+from app.api.metrics import Metrics, MetricsMiddleware, cache_gauges, training_gauges
 from app.api.routes import admin, events, items, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
@@ -50,6 +51,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         catalog_poll_seconds=settings.catalog_poll_seconds,
     )
     metrics.watch("model", model_gauges(registry))
+    metrics.watch("training", training_gauges(sessions))
     popular = PopularTracker(sessions, registry.catalog, settings.popular_windows, settings.event_weights)
     limits = ServingLimits(
         history_len=settings.recent_events,
@@ -95,7 +97,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         popular_poller = Poller("reco-popular-poll", settings.popular_poll_seconds, state.popular.poll)
         try:
             await run_in_threadpool(state.registry.start)
-            await run_in_threadpool(state.popular.poll)
+            try:
+                await run_in_threadpool(state.popular.poll)
+            except SQLAlchemyError as exc:  # the poller retries; /readyz names the database meanwhile
+                log.warning("popular counts not loaded at start: %s", str(exc).splitlines()[0][:200])
             popular_poller.start()
             yield {"app": state}
         finally:

@@ -6,12 +6,16 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.cache import Cache
+from app.db.tables import TrainingJob
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -34,18 +38,12 @@ class Metrics:
         self.events = Counter(
             "reco_events_ingested", "Events by outcome", ["outcome"], registry=self.registry
         )
-        self.training_seconds = Histogram(
-            "reco_training_job_seconds",
-            "Training job durations seen by this process",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=self.registry,
-        )
 
-    def watch(self, name: str, read: Callable[[], Iterator[GaugeMetricFamily]]) -> None:
+    def watch(self, name: str, read: Callable[[], Iterator[Metric]]) -> None:
         """Export values read at scrape time (cache hit ratio, active model version)."""
 
         class _Reader(Collector):
-            def collect(self) -> Iterator[GaugeMetricFamily]:
+            def collect(self) -> Iterator[Metric]:
                 yield from read()
 
         self.registry.register(_Reader())
@@ -101,7 +99,42 @@ def _route_template(scope: Scope) -> str:
         return str(route.path)
     app = scope.get("app")
     for candidate in getattr(getattr(app, "router", None), "routes", []):
+        path = getattr(candidate, "path", None)
+        if path is None:
+            continue
         match, _ = candidate.matches(scope)
         if match == Match.FULL:
-            return str(candidate.path)
+            return str(path)
     return "unmatched"
+
+
+def training_gauges(sessions: sessionmaker[Session]) -> Callable[[], Iterator[Metric]]:
+    """Training jobs by status and the durations of finished ones, read from the job table at scrape time."""
+
+    def read() -> Iterator[Metric]:
+        try:
+            with sessions() as session:
+                rows = session.execute(
+                    select(TrainingJob.status, TrainingJob.started_at, TrainingJob.finished_at)
+                ).all()
+        except SQLAlchemyError:
+            return  # the database being down shows in /readyz; a scrape still answers
+        by_status = GaugeMetricFamily("reco_training_jobs", "Training jobs by status", labels=["status"])
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        for status, count in sorted(counts.items()):
+            by_status.add_metric([status], count)
+        yield by_status
+        durations = [
+            (r.finished_at - r.started_at).total_seconds()
+            for r in rows
+            if r.status in ("succeeded", "failed") and r.started_at and r.finished_at
+        ]
+        summary = SummaryMetricFamily(
+            "reco_training_job_seconds", "Durations of finished training jobs", labels=[]
+        )
+        summary.add_metric([], count_value=len(durations), sum_value=sum(durations))
+        yield summary
+
+    return read

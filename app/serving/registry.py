@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import ArtifactError, load_version
@@ -58,8 +59,12 @@ class ModelRegistry:
     def start(self, *, background: bool = True) -> None:
         """Read the catalog and load the active version now, then keep both current in background threads."""
         torch.set_num_threads(1)  # one request = one small forward pass: parallelism comes from requests
-        self.sync_catalog()
-        self.refresh_now()
+        try:
+            self.sync_catalog()
+            self.refresh_now()
+        except SQLAlchemyError as exc:  # start anyway: /readyz says 503 and the pollers catch up later
+            self.last_error = f"database unavailable at start: {str(exc).splitlines()[0][:200]}"
+            log.warning("%s; serving fallbacks until it is back", self.last_error)
         if background:
             self._pollers = [
                 Poller("reco-model-poll", self._model_poll, self.refresh_now),

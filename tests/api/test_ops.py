@@ -61,6 +61,13 @@ def test_metrics_count_requests_per_route_and_events_by_outcome(client: TestClie
     assert "/no/such/path" not in text  # unmatched paths do not blow up the label set
 
 
+def test_metrics_show_training_jobs(client: TestClient) -> None:
+    assert client.post("/v1/admin/retrain", json={"reason": "metrics test"}).status_code == 202
+    text = client.get("/metrics").text
+    assert metric(text, "reco_training_jobs", status="queued") == 1
+    assert "reco_training_job_seconds_count" in text
+
+
 def test_metrics_can_be_disabled(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"metrics_enabled": False}))
     with TestClient(app) as client:

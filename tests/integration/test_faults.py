@@ -199,3 +199,24 @@ def test_redis_killed_ingestion_unaffected(database_url: str, tmp_path: Any) -> 
             assert client.delete("/v1/users/u1").status_code == 204  # erasure still works without the cache
             assert cache_errors(client) >= 1
         assert stored(database_url)[0] == 20 - 2  # u1 had e1 and e14
+
+
+@needs_pg
+def test_service_starts_with_the_database_down_and_recovers(
+    pg_behind_proxy: tuple[str, TcpProxy], tmp_path: Any
+) -> None:
+    proxied, proxy = pg_behind_proxy
+    proxy.cut()
+    with make_client(tmp_path, database_url=proxied) as client:  # the lifespan must not crash
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "database" in ready.json()["error"]["message"]
+        assert client.post("/v1/events", json=batch(0, 10)).status_code == 503
+        proxy.restore()
+        deadline = time.monotonic() + 20  # the background pollers catch up within their intervals
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").text
+            time.sleep(0.2)
+        assert client.post("/v1/events", json=batch(0, 10)).json()["accepted"] == 10
+        popular = client.get("/v1/popular?k=3")
+        assert popular.status_code == 200, popular.text
