@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, exists, func, literal_column, select
@@ -66,8 +67,13 @@ def hide_item(session: Session, item_id: str) -> bool:
     return True
 
 
-def iter_item_records(session: Session, *, chunk_size: int = 10_000) -> Iterator[ItemRecord]:
-    """Every item with its features (hidden ones too: serving filters them), streamed."""
+def iter_item_records(
+    session: Session, *, changed_after: datetime | None = None, chunk_size: int = 10_000
+) -> Iterator[ItemRecord]:
+    """Items with their features, streamed; deleted ones come as unavailable (serving masks them).
+
+    With `changed_after`, only rows updated after that time (the serving catalog watcher).
+    """
     stmt = select(
         Item.item_id,
         Item.title,
@@ -78,8 +84,11 @@ def iter_item_records(session: Session, *, chunk_size: int = 10_000) -> Iterator
         Item.deleted,
         Item.published_at,
         Item.attributes,
-    ).order_by(Item.id)
-    for r in session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size)):
+    )
+    if changed_after is not None:
+        stmt = stmt.where(Item.updated_at > changed_after)
+    stmt = stmt.order_by(Item.id).execution_options(stream_results=True, yield_per=chunk_size)
+    for r in session.execute(stmt):
         yield ItemRecord(
             item_id=r.item_id,
             title=r.title,
@@ -90,6 +99,11 @@ def iter_item_records(session: Session, *, chunk_size: int = 10_000) -> Iterator
             published_at=r.published_at,
             attributes=dict(r.attributes or {}),
         )
+
+
+def latest_item_change(session: Session) -> datetime | None:
+    """The newest `updated_at` of the items table (None when empty); served by its index."""
+    return session.scalar(select(func.max(Item.updated_at)))
 
 
 def upsert_user(session: Session, user_id: str, attributes: dict[str, Any]) -> User:

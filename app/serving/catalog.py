@@ -7,11 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.catalog.repository import iter_item_records
-from app.db.tables import Item
+from app.catalog.repository import iter_item_records, latest_item_change
 from app.records import ItemRecord
 
 # Rows changed this long before the watermark are read again: a transaction may commit after a later one
@@ -29,40 +27,12 @@ class ItemState:
 
 def changed_items(session: Session, since: datetime | None, chunk_size: int = 10_000) -> Iterator[ItemRecord]:
     """Items (deleted ones as unavailable) whose row changed after `since`; every item when None."""
-    if since is None:
-        yield from iter_item_records(session, chunk_size=chunk_size)
-        return
-    stmt = (
-        select(
-            Item.item_id,
-            Item.title,
-            Item.categories,
-            Item.tags,
-            Item.price,
-            Item.available,
-            Item.deleted,
-            Item.published_at,
-            Item.attributes,
-        )
-        .where(Item.updated_at > since)
-        .order_by(Item.id)
-    )
-    for r in session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size)):
-        yield ItemRecord(
-            item_id=r.item_id,
-            title=r.title,
-            categories=tuple(r.categories or ()),
-            tags=tuple(r.tags or ()),
-            price=r.price,
-            available=bool(r.available) and not r.deleted,
-            published_at=r.published_at,
-            attributes=dict(r.attributes or {}),
-        )
+    return iter_item_records(session, changed_after=since, chunk_size=chunk_size)
 
 
 def latest_change(session: Session) -> datetime | None:
     """The newest `updated_at` of the items table (None when empty)."""
-    return session.scalar(select(Item.updated_at).order_by(Item.updated_at.desc()).limit(1))
+    return latest_item_change(session)
 
 
 class CatalogView:

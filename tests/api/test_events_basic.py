@@ -7,7 +7,8 @@ from fastapi.testclient import TestClient
 
 def test_batch_stored_and_idempotent(client: TestClient) -> None:
     events = [
-        {"event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"i{i % 5}", "type": "view"} for i in range(20)
+        {"event_id": f"e{i}", "user_id": f"u{i % 3}", "item_id": f"i{i % 5}", "type": "view"}
+        for i in range(20)
     ]
     first = client.post("/v1/events", json={"events": events})
     assert first.status_code == 200, first.text
