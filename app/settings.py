@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         default=None, ge=2, description="vector size d; unset = the model's default"
     )
     train_max_len: int | None = Field(default=None, ge=1, description="history length the user tower reads")
+    train_members: int | None = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description="ensemble members (2 reach the ml-100k bar; twice the training time)",
+    )
     train_batch_size: int | None = Field(default=None, ge=1)
     train_time_budget_s: float | None = Field(default=None, gt=0, description="stop epochs after this long")
     train_seed: int | None = Field(default=None)

@@ -71,6 +71,9 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--epochs", type=int, default=None, help="most epochs (early stopping ends sooner)")
     group.add_argument("--dim", type=int, default=None, help="vector size d")
     group.add_argument("--max-len", type=int, default=None, help="history length L")
+    group.add_argument(
+        "--members", type=int, default=None, help="ensemble members (default 1; 2 reach the bar)"
+    )
     group.add_argument("--batch-size", type=int, default=None)
     group.add_argument("--patience", type=int, default=None)
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
@@ -84,6 +87,7 @@ def with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
         "train_epochs": args.epochs,
         "train_dim": args.dim,
         "train_max_len": args.max_len,
+        "train_members": args.members,
         "train_batch_size": args.batch_size,
         "train_patience": args.patience,
         "train_device": args.device,

@@ -65,6 +65,8 @@ def train_config(settings: Settings) -> TrainConfig:
         model = replace(model, d=settings.train_dim, heads=heads)
     if settings.train_max_len is not None:
         model = replace(model, max_len=settings.train_max_len)
+    if settings.train_members is not None:
+        model = replace(model, members=settings.train_members)
     config = replace(
         base,
         model=model,

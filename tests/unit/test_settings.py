@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import DEFAULT_EVENT_WEIGHTS, Settings, load_settings
+from app.trainer.pipeline import train_config
 
 SECRET = "a-secret-key-that-must-not-leak"
 
@@ -104,3 +105,13 @@ def test_overrides_win_and_settings_are_frozen() -> None:
     with pytest.raises(Exception, match="frozen"):
         settings.max_batch = 10
     assert isinstance(Settings(), Settings)
+
+
+def test_training_overrides_reach_the_model_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECO_TRAIN_MEMBERS", "2")
+    monkeypatch.setenv("RECO_TRAIN_MAX_LEN", "30")
+    config = train_config(load_settings())
+    assert (config.model.members, config.model.max_len) == (2, 30)
+    monkeypatch.setenv("RECO_TRAIN_MEMBERS", "0")
+    with pytest.raises(SystemExit, match="RECO_TRAIN_MEMBERS"):
+        load_settings()
