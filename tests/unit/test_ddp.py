@@ -60,14 +60,18 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             torch.device("cpu"),
         )
         trainer.epoch(1)
-        checksum = float(sum(p.double().sum() for p in model.parameters()))
+        checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
         gathered: list[object] = [None, None]
         dist.all_gather_object(gathered, (checksum, trainer.sequences))
         (Path(out) / f"rank{rank}.json").write_text(
             json.dumps({"test": test, "metrics": result.metrics, "gathered": gathered})
         )
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+    # gloo's background threads can abort a normally ending interpreter ("terminate called without an active
+    # exception"); the results are on disk, so leave without running C++ static destructors.
+    os._exit(0)
 
 
 def _free_port() -> int:
