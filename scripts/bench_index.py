@@ -22,6 +22,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from benchdocs import update_section  # scripts/ is on sys.path when a script runs
 
 from app.index import AUTO_APPROXIMATE_KIND, IndexConfig, ItemIndex
 
@@ -283,16 +284,8 @@ def _plain(group: list[Row], setting: str) -> Row:
 
 
 def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md, leaving other sections alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
+    update_section(path, SECTION, section)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 import psycopg
 import sqlalchemy as sa
+from benchdocs import update_section  # scripts/ is on sys.path when a script runs
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine
@@ -340,15 +341,8 @@ def markdown(runs: list[Run], args: argparse.Namespace, machine: dict[str, Any])
 
 
 def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section, leaving the others untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
+    update_section(path, SECTION, section)
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchdocs import update_section  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 from app.catalog.service import load_items  # noqa: E402
 from app.datasets.movielens import read_movielens  # noqa: E402
 from app.db.engine import make_engine, make_sessionmaker  # noqa: E402
@@ -217,15 +219,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md, leaving the others alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text, encoding="utf-8")
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
+    update_section(path, SECTION, section)
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchdocs import update_section  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 from app.artifacts import load_version, save_version  # noqa: E402
 from app.datasets.demo import DemoConfig, generate_demo  # noqa: E402
@@ -149,15 +150,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md, leaving the others alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    """Replace (or append) this benchmark's section of docs/BENCHMARKS.md."""
+    update_section(path, SECTION, section)
 
 
 def main() -> None:
