@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from app.ml.config import TrainConfig
+from app.ml.fast_user import NumpyUserEncoder
 from app.ml.features import feature_row
 from app.ml.model import RecModel
 from app.ml.train import FitResult, describe
@@ -196,6 +197,7 @@ class LoadedModel:
         self._table = torch.from_numpy(item_vectors)  # [N, d+1]
         self.max_len = model.cfg.max_len
         self.dim = model.dim
+        self._fast = NumpyUserEncoder.from_model(model)  # query_vector's numpy user tower
 
     def _rows(self, recent: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
         rows, types = [], []
@@ -216,9 +218,8 @@ class LoadedModel:
         rows, types = self._rows(recent)
         if not rows:
             return None
-        with torch.inference_mode():
-            query = self._encode(torch.tensor([rows]), torch.tensor([types]), None)  # [1, d+1]
-        return query[0].numpy()
+        # The numpy path: the same numbers as `self._encode` without torch's per-op overhead.
+        return self._fast.encode_last(self.item_vectors[rows], np.asarray(types, dtype=np.int64))  # [d+1]
 
     def query_vectors(self, batch: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
         """Batched `query_vector` ([B, d+1]); a history with no known item gets (0, 1): rank by item bias."""
