@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -26,6 +27,10 @@ from app.serving.polling import Poller
 log = logging.getLogger(__name__)
 
 RETRY_FAILED_SECONDS = 60.0
+
+
+def _as_utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 class ModelRegistry:
@@ -133,16 +138,20 @@ class ModelRegistry:
     def sync_catalog(self) -> int:
         """Apply items changed since the last sync to the view and the served snapshot; returns how many."""
         with self._write_lock:
+            started = datetime.now(UTC)
             with self.sessions() as session:
                 newest = latest_change(session)
-                since = None if self.catalog.watermark is None else self.catalog.watermark - OVERLAP
+                since = self.catalog.watermark
                 records = list(changed_items(session, since)) if newest is not None else []
             changes = self.catalog.apply(records)
             current = self.current
             if current is not None and changes:
                 self.current = current.with_items(changes)
             if newest is not None:
-                self.catalog.watermark = newest
+                # Rows stamped up to OVERLAP before this read may still be committing (or come from a process
+                # whose clock is a little behind): they are read again next time. Older ones are settled, so a
+                # bulk import is read once, not on every poll.
+                self.catalog.watermark = min(_as_utc(newest), started - OVERLAP)
             self.catalog.loaded = True
             return len(changes)
 
