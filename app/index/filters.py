@@ -26,7 +26,7 @@ class Eligibility:
         allowed: np.ndarray | None = None,
     ) -> Eligibility:
         """Normalise `exclude` (row ids; out-of-range ones are ignored) and `allowed` (bool mask)."""
-        excluded = _excluded_rows(exclude, n_total)
+        excluded = excluded_rows(exclude, n_total)
         if allowed is None:
             return cls(n_total, n_total - excluded.size, None, excluded)
         mask = _allowed_mask(allowed, n_total)
@@ -62,7 +62,7 @@ class Eligibility:
         return negation, [self.excluded, batch, negation]
 
 
-def _excluded_rows(exclude: Collection[int] | np.ndarray | None, n_total: int) -> np.ndarray:
+def excluded_rows(exclude: Collection[int] | np.ndarray | None, n_total: int) -> np.ndarray:
     """Unique in-range int64 rows of `exclude`; ids of rows the index does not hold cannot be returned anyway."""
     if exclude is None:
         return np.empty(0, dtype=np.int64)
