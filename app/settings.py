@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     )
     index_nprobe: int = Field(default=16, ge=1, description="IVF lists probed per query")
     explain_top: int = Field(default=2, ge=1, le=10, description="history items named per explanation")
+    history_cache_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="how long the cache keeps a user's latest events after their last read or event "
+        "(0: always read them from the database)",
+    )
 
     @field_validator("popular_windows", mode="before")
     @classmethod
@@ -188,6 +194,11 @@ class Settings(BaseSettings):
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight of {name!r} must be a finite number >= 0")
         return value
+
+    @property
+    def history_len(self) -> int:
+        """Latest events a recommendation reads: the user tower's L or the seen-items window, the larger."""
+        return max(self.recent_events, self.seen_limit)
 
     @property
     def is_sqlite(self) -> bool:

@@ -20,7 +20,7 @@ from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
 from app.catalog.schemas import ItemBatchIn
-from app.db.engine import make_engine, make_sessionmaker
+from app.db.engine import make_engine, make_read_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.events.schemas import EventBatchIn
 from app.index import IndexConfig
@@ -39,6 +39,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     if settings.is_sqlite:
         upgrade(engine)  # embedded mode: the schema is always current
     sessions = make_sessionmaker(engine)
+    read_engine = engine if settings.is_sqlite else make_read_engine(settings)
     cache = make_cache(settings)
     metrics.watch("cache", cache_gauges(cache))
     registry = ModelRegistry(
@@ -58,6 +59,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         seen_limit=settings.seen_limit,
         cache_ttl_seconds=settings.cache_ttl_seconds,
         explain_top=settings.explain_top,
+        history_read=settings.history_len,
+        history_seconds=settings.history_cache_seconds,
     )
     return AppState(
         settings=settings,
@@ -68,7 +71,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         metrics=metrics,
         registry=registry,
         popular=popular,
-        recommender=Recommender(registry, popular, sessions, cache, limits),
+        read_engine=read_engine,
+        recommender=Recommender(registry, popular, read_engine, cache, limits),
     )
 
 
@@ -106,8 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             popular_poller.stop()
             state.registry.stop()
+            await state.cache.aclose()
             state.cache.close()
             state.engine.dispose()
+            state.read_engine.dispose()
 
     app = FastAPI(
         title="Reco",

@@ -78,19 +78,22 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        sent = 0.0  # when the last body part went out: work after it (background tasks) is not latency
 
         async def send_wrapper(message: dict) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent = time.perf_counter()
 
         try:
             await self.app(scope, receive, send_wrapper)  # type: ignore[arg-type]
         finally:
             route = _route_template(scope)
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(scope["method"], route).observe((sent or time.perf_counter()) - start)
 
 
 def _route_template(scope: Scope) -> str:

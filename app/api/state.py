@@ -22,6 +22,7 @@ class AppState:
 
     settings: Settings
     engine: Engine
+    read_engine: Engine  # the recommendation read path's pool (no pre-ping)
     sessions: sessionmaker[Session]
     cache: Cache
     keys: KeyVerifier

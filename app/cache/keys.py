@@ -29,9 +29,36 @@ def user_prefix(user_id: str) -> str:
     return f"{PREFIX}rec:{_id(user_id)}:"
 
 
-def recommendations(user_id: str, model_version: str, generation: int, epoch: int, params: str) -> str:
-    """A cached recommendation answer; a new event, model version or epoch changes the key."""
-    return f"{user_prefix(user_id)}{model_version}:{epoch}:{generation}:{_digest(params)}"
+def recommendations(user_id: str, model_version: str, params: str) -> str:
+    """A cached recommendation answer of one model version and parameters.
+
+    The value starts with `stamp(generation, epoch)`: it answers only while both still hold, so a new event of
+    the user (generation) or a missed cache write (epoch) makes it unusable without changing the key.
+    """
+    return f"{user_prefix(user_id)}a:{model_version}:{_digest(params)}"
+
+
+def user_history_prefix(user_id: str) -> str:
+    """The user's latest-events list is this plus the epoch (a missed write orphans every list at once)."""
+    return f"{user_prefix(user_id)}h:"
+
+
+def stamp(generation: int, epoch: int) -> bytes:
+    """What a cached user answer starts with: the generation and epoch it was computed under."""
+    return f"{generation}:{epoch}|".encode()
+
+
+def history_entry(ts_us: int, event_type: str, item_id: str) -> bytes:
+    """One event of a latest-events list: `ts_us TAB type TAB item_id` (µs since 1970; the item id last)."""
+    return f"{max(ts_us, 0)}\t{event_type}\t{item_id}".encode()
+
+
+def parse_history_entry(entry: bytes) -> tuple[str, str] | None:
+    """(item_id, type) of a list entry; None for the list's end marker (b"")."""
+    if not entry:
+        return None
+    _, event_type, item_id = entry.decode().split("\t", 2)
+    return item_id, event_type
 
 
 def similar_items(item_id: str, model_version: str, epoch: int, params: str) -> str:

@@ -6,11 +6,12 @@ import threading
 import time
 from collections import OrderedDict
 
-from app.cache.base import CacheStats
+from app.cache import keys as cache_keys
+from app.cache.base import CacheStats, HistoryUpdate, UserAnswer, UserLookup
 
 
 class MemoryCache:
-    """Thread-safe LRU of bytes with per-entry expiry; lists are stored as Python lists."""
+    """Thread-safe LRU of bytes with per-entry expiry; counters are ints and lists Python lists."""
 
     name = "memory"
 
@@ -72,19 +73,64 @@ class MemoryCache:
                 self._put(key, (current if isinstance(current, int) else 0) + 1, None)
         return True
 
-    def push_recent(self, key: str, values: list[bytes], max_len: int, ttl_seconds: int) -> bool:
-        """Prepend values (newest first) and keep at most `max_len`."""
+    def _counter(self, key: str) -> int:
+        value = self._get_raw(key)
+        return value if isinstance(value, int) else 0
+
+    def lookup_user(self, user_id: str, answer_key: str, history_count: int) -> UserLookup:
+        """Generation, epoch, the answer if its stamp matches, else the latest-events list if held."""
         with self._lock:
-            current = self._get_raw(key)
-            items = list(reversed(values)) + (current if isinstance(current, list) else [])
-            self._put(key, items[:max_len], ttl_seconds)
+            generation = self._counter(cache_keys.user_generation(user_id))
+            epoch = self._counter(cache_keys.EPOCH)
+            answer = self._get_raw(answer_key)
+            stamp = cache_keys.stamp(generation, epoch)
+            if isinstance(answer, bytes) and answer.startswith(stamp):
+                self.stats.count(hit=True)
+                return UserLookup(generation, epoch, answer[len(stamp) :])
+            held = self._get_raw(cache_keys.user_history_prefix(user_id) + str(epoch))
+            history = list(held[:history_count]) if isinstance(held, list) and history_count > 0 else None
+        self.stats.count(hit=False)
+        return UserLookup(generation, epoch, None, history)
+
+    def store_user(self, user_id: str, looked: UserLookup, answer: UserAnswer) -> bool:
+        """Store the stamped answer (and the list, plus its end marker) if the counters still hold."""
+        with self._lock:
+            if self._counter(cache_keys.user_generation(user_id)) != looked.generation:
+                return False
+            if self._counter(cache_keys.EPOCH) != looked.epoch:
+                return False
+            stamped = cache_keys.stamp(looked.generation, looked.epoch) + answer.body
+            self._put(answer.key, stamped, answer.ttl_seconds)
+            if answer.history is not None and answer.history_ttl_seconds > 0:
+                list_key = cache_keys.user_history_prefix(user_id) + str(looked.epoch)
+                self._put(list_key, [*answer.history, b""], answer.history_ttl_seconds)
         return True
 
-    def recent(self, key: str, count: int) -> list[bytes] | None:
-        """The first `count` entries of a list, or None when the list is unknown."""
+    async def alookup_user(self, user_id: str, answer_key: str, history_count: int) -> UserLookup:
+        """`lookup_user` (never blocks: a dict under a lock)."""
+        return self.lookup_user(user_id, answer_key, history_count)
+
+    async def astore_user(self, user_id: str, looked: UserLookup, answer: UserAnswer) -> bool:
+        """`store_user` (never blocks)."""
+        return self.store_user(user_id, looked, answer)
+
+    def record_events(self, updates: dict[str, HistoryUpdate], max_len: int, ttl_seconds: int) -> bool:
+        """Bump each user's generation; put new entries on held lists (see `Cache`)."""
         with self._lock:
-            current = self._get_raw(key)
-        return list(current[:count]) if isinstance(current, list) else None
+            epoch = self._counter(cache_keys.EPOCH)
+            for user_id, entries in updates.items():
+                generation_key = cache_keys.user_generation(user_id)
+                self._put(generation_key, self._counter(generation_key) + 1, None)
+                list_key = cache_keys.user_history_prefix(user_id) + str(epoch)
+                held = self._get_raw(list_key)
+                if not isinstance(held, list):
+                    continue
+                merged = _merge_history(held, entries)
+                if merged is None:
+                    self._data.pop(list_key, None)
+                else:
+                    self._put(list_key, merged[:max_len], ttl_seconds)
+        return True
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with `prefix`."""
@@ -96,7 +142,30 @@ class MemoryCache:
         """Always usable."""
         return True
 
+    async def aclose(self) -> None:
+        """Nothing to close on the event loop."""
+
     def close(self) -> None:
         """Drop everything."""
         with self._lock:
             self._data.clear()
+
+
+def _entry_ts(entry: bytes) -> int | None:
+    return int(entry.split(b"\t", 1)[0]) if entry else None
+
+
+def _merge_history(held: list[bytes], entries: HistoryUpdate) -> list[bytes] | None:
+    """`held` (newest first) with `entries` (oldest first) on top; None when the list must be dropped."""
+    if entries is None:
+        return None
+    merged = list(held)
+    newest = _entry_ts(merged[0]) if merged else None
+    for entry in entries:
+        ts = _entry_ts(entry)
+        if newest is not None and ts is not None and ts < newest:
+            return None
+        if entry not in merged:
+            merged.insert(0, entry)
+            newest = ts
+    return merged

@@ -11,6 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.auth.keys import create_key
+from app.cache import keys as cache_keys
+from app.cache import make_cache
 from app.catalog.service import load_items
 from app.cli.service import add_server_options, run_server
 from app.datasets.demo import DemoConfig, generate_demo
@@ -69,6 +71,10 @@ def cmd_import_movielens(args: argparse.Namespace) -> int:
     except DatasetFormatError as exc:
         raise SystemExit(f"import failed: {exc}") from None
     engine.dispose()
+    if settings.redis_url:  # a running service's cached answers and event lists predate the import
+        cache = make_cache(settings)
+        cache.incr_many([cache_keys.EPOCH])
+        cache.close()
     print(
         f"imported {n_items} items and {stored} events ({duplicates} already present) "
         f"in {time.perf_counter() - started:.1f} s"

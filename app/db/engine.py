@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,6 +47,24 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
     }
     options.update(overrides)
     return create_engine(url, **options)
+
+
+def make_read_engine(settings: Settings) -> Engine:
+    """An engine for the hot read path: no pre-ping round trip per checkout (`read` retries instead)."""
+    return make_engine(settings, pool_pre_ping=False)
+
+
+def read(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run a read-only `work` on a connection; a pooled connection the server dropped fails once (SQLAlchemy
+    then invalidates the pool) and the read runs again on a fresh one."""
+    try:
+        with engine.connect() as conn:
+            return work(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    with engine.connect() as conn:
+        return work(conn)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import Connection, bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from app.db.tables import Event
@@ -114,6 +114,21 @@ def recent_events(session: Session, user_id: str, limit: int) -> list[EventRecor
         )
         for r in rows
     ]
+
+
+_LATEST = (
+    select(Event.item_id, Event.type, Event.ts)
+    .where(Event.user_id == bindparam("user_id"))
+    .order_by(Event.ts.desc(), Event.id.desc())
+    .limit(bindparam("limit"))
+)
+
+
+def latest_history(conn: Connection, user_id: str, limit: int) -> list[tuple[str, str, datetime]]:
+    """(item_id, type, ts) of the user's latest `limit` events, newest first: the serving read (one indexed
+    query on a bare connection, no ORM objects)."""
+    rows = conn.execute(_LATEST, {"user_id": user_id, "limit": limit}).all()
+    return [(r[0], r[1], _as_utc(r[2])) for r in rows]
 
 
 def count_for_user(session: Session, user_id: str) -> int:

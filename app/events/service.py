@@ -19,6 +19,12 @@ from app.events.schemas import EventIn, Rejection
 from app.records import EventRecord
 from app.validation import describe, dotted
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _as_utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
 
 @dataclass
 class Validated:
@@ -91,11 +97,30 @@ def store(session: Session, batch: Validated) -> tuple[int, int]:
     return stored, duplicates
 
 
-def after_commit(cache: Cache, events: list[NewEvent]) -> None:
-    """Invalidate every cached answer of the users who just acted (by bumping their generation)."""
-    users = sorted({e.user_id for e in events})
-    if users:
-        cache.incr_many([cache_keys.user_generation(u) for u in users])
+def history_entry_of(item_id: str, event_type: str, ts: datetime) -> bytes:
+    """An event as an entry of its user's latest-events list in the cache."""
+    micros = (_as_utc(ts) - _EPOCH) // timedelta(microseconds=1)
+    return cache_keys.history_entry(micros, event_type, item_id)
+
+
+def after_commit(
+    cache: Cache, events: list[NewEvent], *, stored: int, history_len: int, history_seconds: int
+) -> None:
+    """Invalidate every cached answer of the users who just acted (their generation) and put the events on
+    their latest-events lists. When some events were duplicates (not stored), the lists of the batch's users
+    are dropped instead: which ones were stored is unknown here, and the next read refills from the store."""
+    if not events:
+        return
+    updates: dict[str, list[bytes] | None] = {}
+    if stored < len(events):
+        updates = dict.fromkeys(sorted({e.user_id for e in events}))
+    else:
+        for event in sorted(events, key=lambda e: _as_utc(e.ts)):  # stable: batch order breaks ties
+            entries = updates.setdefault(event.user_id, [])
+            assert entries is not None
+            entries.append(history_entry_of(event.item_id, event.type, event.ts))
+        updates = dict(sorted(updates.items()))
+    cache.record_events(updates, history_len, history_seconds)
 
 
 def load_events(

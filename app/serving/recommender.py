@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from app.cache import Cache
 from app.cache import keys as cache_keys
-from app.events.repository import recent_events
+from app.cache.base import UserAnswer, UserLookup
+from app.db.engine import read
+from app.events.repository import latest_history
+from app.events.service import history_entry_of
 from app.serving.model import ServingModel
 from app.serving.popular import Pick, PopularTracker
 from app.serving.registry import ModelRegistry
@@ -27,7 +30,6 @@ POPULAR = "popular"
 POPULAR_CATEGORY = "popular_category"
 SIMILAR = "similar"
 NO_VERSION = "none"
-MAX_HINTS = 200_000
 
 History = list[tuple[str, str]]  # (item_id, event type), oldest first
 
@@ -49,14 +51,6 @@ class RecParams:
 
 
 @dataclass(frozen=True, slots=True)
-class Freshness:
-    """The user's generation and the catalog epoch, read from the cache with one round trip."""
-
-    generation: int
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
 class ServingLimits:
     """Per-request work bounds, from settings."""
 
@@ -64,6 +58,8 @@ class ServingLimits:
     seen_limit: int = 200
     cache_ttl_seconds: int = 300
     explain_top: int = 2
+    history_read: int = 200  # latest events read per answer: max(history_len, seen_limit)
+    history_seconds: int = 3600  # how long the cache keeps a user's latest-events list (0: never)
 
 
 def _as_int(raw: bytes | None) -> int:
@@ -77,6 +73,14 @@ def _dumps(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredHistory:
+    """A user's latest events read from the store: (item_id, type) newest first, and their cache entries."""
+
+    events: list[tuple[str, str]]
+    entries: list[bytes] | None  # None when the cache keeps no lists (history_seconds = 0)
+
+
 class Recommender:
     """Answers recommendation, similar-item and popular requests as JSON bytes."""
 
@@ -84,85 +88,83 @@ class Recommender:
         self,
         registry: ModelRegistry,
         popular: PopularTracker,
-        sessions: sessionmaker[Session],
+        engine: Engine,
         cache: Cache,
         limits: ServingLimits = ServingLimits(),
     ) -> None:
         self.registry = registry
         self.popular = popular
-        self.sessions = sessions
+        self.engine = engine
         self.cache = cache
         self.limits = limits
-        # (user, params) -> (version, freshness, key) of the last answer this process cached or found
-        self._hints: dict[tuple[str, str], tuple[str, Freshness, str]] = {}
 
     # ---- users ----------------------------------------------------------------------------------------------
 
-    def freshness(self, user_id: str | None) -> Freshness:
-        """Generation of the user (0 without one) and the epoch: one cache round trip."""
-        if user_id is None:
-            return Freshness(0, _as_int(self.cache.get(cache_keys.EPOCH)))
-        generation, epoch = self.cache.get_many([cache_keys.user_generation(user_id), cache_keys.EPOCH])
-        return Freshness(_as_int(generation), _as_int(epoch))
+    def epoch(self) -> int:
+        """The cache epoch (bumped when an item is hidden or a cache write was missed)."""
+        return _as_int(self.cache.get(cache_keys.EPOCH))
 
-    def user_key(self, user_id: str, params: RecParams, fresh: Freshness, model: ServingModel | None) -> str:
-        """Cache key of a user's answer under a model version."""
+    def user_key(self, user_id: str, params: RecParams, model: ServingModel | None) -> str:
+        """Cache key of a user's answer under a model version (the value carries its generation and epoch)."""
         version = model.version if model else NO_VERSION
-        return cache_keys.recommendations(
-            user_id, version, fresh.generation, fresh.epoch, params.cache_part()
+        return cache_keys.recommendations(user_id, version, params.cache_part())
+
+    def _lookup_args(self, user_id: str, params: RecParams) -> tuple[str, str, int]:
+        key = self.user_key(user_id, params, self.registry.current)
+        return user_id, key, self.limits.history_read if self.limits.history_seconds > 0 else 0
+
+    def lookup_user(self, user_id: str, params: RecParams) -> UserLookup:
+        """One cache round trip: the answer if it is still valid, else what computing it needs (the counters
+        it will be stamped with and, when the cache holds it, the user's latest events)."""
+        return self.cache.lookup_user(*self._lookup_args(user_id, params))
+
+    async def alookup_user(self, user_id: str, params: RecParams) -> UserLookup:
+        """`lookup_user` from the event loop, without blocking it."""
+        return await self.cache.alookup_user(*self._lookup_args(user_id, params))
+
+    def read_history(self, user_id: str) -> StoredHistory:
+        """The user's latest events from the store (one indexed query; blocking I/O, no model work)."""
+        rows = read(self.engine, lambda conn: latest_history(conn, user_id, self.limits.history_read))
+        entries = None
+        if self.limits.history_seconds > 0:
+            entries = [history_entry_of(item_id, event_type, ts) for item_id, event_type, ts in rows]
+        return StoredHistory([(item_id, event_type) for item_id, event_type, _ in rows], entries)
+
+    def compute_user(
+        self, user_id: str, params: RecParams, looked: UserLookup, stored: StoredHistory | None = None
+    ) -> UserAnswer:
+        """A user's answer from their latest events: the cache's list when `looked` holds it, else `stored`
+        (read here when not given); with what `store_user` keeps (the events too when they came from the
+        store)."""
+        self.registry.ensure_epoch(looked.epoch)
+        model = self.registry.current  # one snapshot for the whole answer
+        if looked.history is not None:
+            latest = [p for p in map(cache_keys.parse_history_entry, looked.history) if p is not None]
+            entries = None
+        else:
+            stored = stored or self.read_history(user_id)
+            latest, entries = stored.events, stored.entries
+        history = latest[: self.limits.history_len][::-1]  # oldest first
+        seen = {item_id for item_id, _ in latest}
+        body = self._recommend(model, history, seen, params)
+        return UserAnswer(
+            self.user_key(user_id, params, model),
+            _dumps({"user_id": user_id, **body}),
+            self.limits.cache_ttl_seconds,
+            entries,
+            self.limits.history_seconds,
         )
 
-    def cached_for_user(self, user_id: str, params: RecParams) -> tuple[Freshness, bytes | None]:
-        """The cached answer for the current version, generation and epoch.
-
-        One cache round trip when this process answered the same question before: the generation, the epoch
-        and the answer stored under the key they gave last time are read together (MGET is atomic); the answer
-        is used only if both still hold. Otherwise two: read them, then the answer under the key they give.
-        """
-        model = self.registry.current
-        part = params.cache_part()
-        generation_key = cache_keys.user_generation(user_id)
-        hint = self._hints.get((user_id, part))
-        if hint is not None and model is not None and hint[0] == model.version:
-            generation, epoch, body = self.cache.get_many([generation_key, cache_keys.EPOCH, hint[2]])
-            fresh = Freshness(_as_int(generation), _as_int(epoch))
-            if fresh == hint[1] and body is not None:
-                self.cache.stats.count(hit=True)
-                return fresh, body
-        else:
-            generation, epoch = self.cache.get_many([generation_key, cache_keys.EPOCH])
-            fresh = Freshness(_as_int(generation), _as_int(epoch))
-        key = self.user_key(user_id, params, fresh, model)
-        body = self.cache.get(key)
-        if body is not None and model is not None:
-            self._remember(user_id, part, model.version, fresh, key)
-        return fresh, body
-
-    def _remember(self, user_id: str, part: str, version: str, fresh: Freshness, key: str) -> None:
-        if len(self._hints) >= MAX_HINTS:
-            self._hints.clear()  # a bounded memory: the next hit of each user re-learns its key
-        self._hints[(user_id, part)] = (version, fresh, key)
-
-    def answer_user(self, user_id: str, params: RecParams, fresh: Freshness | None = None) -> bytes:
-        """Compute a user's answer from their latest events (one DB query) and cache it."""
-        fresh = fresh or self.freshness(user_id)
-        self.registry.ensure_epoch(fresh.epoch)
-        model = self.registry.current  # one snapshot for the whole answer
-        with self.sessions() as session:
-            events = recent_events(session, user_id, max(self.limits.seen_limit, self.limits.history_len))
-        history = [(e.item_id, e.type) for e in reversed(events[: self.limits.history_len])]
-        seen = {e.item_id for e in events}
-        body = self._recommend(model, history, seen, params)
-        payload = _dumps({"user_id": user_id, **body})
-        key = self.user_key(user_id, params, fresh, model)
-        self.cache.set(key, payload, self.limits.cache_ttl_seconds)
-        if model is not None:
-            self._remember(user_id, params.cache_part(), model.version, fresh, key)
-        return payload
+    def answer_user(self, user_id: str, params: RecParams, looked: UserLookup | None = None) -> bytes:
+        """Compute a user's answer and cache it under the counters of `looked` unless they moved meanwhile."""
+        looked = looked or self.lookup_user(user_id, params)
+        answer = self.compute_user(user_id, params, looked)
+        self.cache.store_user(user_id, looked, answer)
+        return answer.body
 
     def answer_session(self, recent_items: Sequence[str], params: RecParams) -> bytes:
         """An anonymous session's answer from the items it just saw (oldest first); not cached."""
-        self.registry.ensure_epoch(self.freshness(None).epoch)
+        self.registry.ensure_epoch(self.epoch())
         model = self.registry.current
         history = [(item_id, "view") for item_id in recent_items[-self.limits.history_len :]]
         body = self._recommend(model, history, set(recent_items), params)
@@ -250,7 +252,7 @@ class Recommender:
 
     def cached_similar(self, item_id: str, params: RecParams) -> tuple[int, bytes | None]:
         """The epoch and the cached similar-items answer, if any."""
-        epoch = self.freshness(None).epoch
+        epoch = self.epoch()
         return epoch, self.cache.get(self.similar_key(item_id, params, epoch, self.registry.current))
 
     def answer_similar(self, item_id: str, params: RecParams, epoch: int, known: bool) -> bytes | None:

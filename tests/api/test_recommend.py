@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.api.state import AppState
 from app.cache import MemoryCache
 from app.cache import keys as cache_keys
-from app.events.repository import recent_events
+from app.db.tables import Item
+from app.events.repository import latest_history, recent_events
 from app.serving.recommender import RecParams
 from app.settings import Settings
 from tests.conftest import ADMIN_KEY, READ_KEY, auth
@@ -150,6 +152,55 @@ def test_an_event_sent_a_moment_ago_changes_the_next_answer(shop: TestClient) ->
     assert not {f"{other}-item{j}" for j in range(8)} & set(ids(after))  # just seen: excluded
 
 
+def test_cached_history_follows_the_store_through_events_duplicates_and_late_events(shop: TestClient) -> None:
+    state = state_of(shop)
+    recommender = state.recommender
+    user = "u5"
+
+    def cached() -> list[tuple[str, str]] | None:
+        looked = state.cache.lookup_user(user, "reco:t:none", recommender.limits.history_read)
+        if looked.history is None:
+            return None
+        return [pair for pair in map(cache_keys.parse_history_entry, looked.history) if pair is not None]
+
+    def stored() -> list[tuple[str, str]]:
+        with state.engine.connect() as conn:
+            rows = latest_history(conn, user, recommender.limits.history_read)
+        return [(item, kind) for item, kind, _ in rows]
+
+    def post(events: list[dict]) -> dict:
+        response = shop.post("/v1/events", json={"events": events}, headers=auth(ADMIN_KEY))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert cached() is None  # nothing read yet: no list
+    recs(shop, user, k=5)
+    assert cached() == stored()  # the miss read the store once and kept the list
+    now = datetime.now(UTC)
+    fresh = [
+        {
+            "event_id": f"h{j}",
+            "user_id": user,
+            "item_id": f"cat1-item{j}",
+            "type": "click",
+            "timestamp": now.isoformat(),
+        }
+        for j in range(3)
+    ]
+    assert post(fresh)["accepted"] == 3
+    assert cached() == stored() and stored()[0] == ("cat1-item2", "click")  # pushed on top, in order
+    assert post(fresh[:1])["duplicates"] == 1
+    assert cached() is None  # a batch with duplicates drops the list (which events were stored is unknown)
+    recs(shop, user, k=5)
+    assert cached() == stored()
+    late = {"user_id": user, "item_id": "cat2-item1", "type": "view", "timestamp": "2020-01-01T00:00:00Z"}
+    assert post([late])["accepted"] == 1
+    assert cached() is None  # older than the newest held event: the list cannot place it, so it is dropped
+    answer = recs(shop, user, k=5)
+    assert cached() == stored() and ("cat2-item1", "view") in stored()
+    assert not {"cat1-item0", "cat1-item1", "cat1-item2", "cat2-item1"} & set(ids(answer))  # all seen
+
+
 def test_exclude_and_category_filters_refill_to_k(shop: TestClient) -> None:
     first = ids(recs(shop, "u1", k=5))
     excluded = ids(recs(shop, "u1", k=5, exclude=",".join(first[:3])))
@@ -228,6 +279,31 @@ def test_items_added_after_training_are_recommendable(shop: TestClient) -> None:
     assert similar["strategy"] == "similar" and Counter(map(category, ids(similar)))["cat2"] >= 4
 
 
+def test_catalog_sync_reads_settled_rows_once_and_late_commits_still(shop: TestClient) -> None:
+    state = state_of(shop)
+    registry = state.registry
+    with state.engine.begin() as conn:  # the whole catalog was written an hour ago (a bulk import)
+        conn.execute(sa.update(Item).values(updated_at=datetime.now(UTC) - timedelta(hours=1)))
+    registry.catalog.watermark = None
+    assert registry.sync_catalog() > 0  # the first sync reads everything
+    assert registry.sync_catalog() == 0  # settled rows are not read again on every poll
+    assert (
+        shop.put("/v1/items/cat1-item1", json={"available": False}, headers=auth(ADMIN_KEY)).status_code
+        == 200
+    )
+    assert registry.sync_catalog() == 1
+    assert (
+        registry.sync_catalog() == 1
+    )  # a recent change is read again for a while (a commit may be late) ...
+    with state.engine.begin() as conn:  # ... so a row stamped before it but committed after it is not missed
+        stamped = datetime.now(UTC) - timedelta(seconds=3)
+        conn.execute(
+            sa.update(Item).where(Item.item_id == "cat1-item2").values(available=False, updated_at=stamped)
+        )
+    assert registry.sync_catalog() == 2
+    assert registry.catalog.is_blocked("cat1-item1") and registry.catalog.is_blocked("cat1-item2")
+
+
 def test_anonymous_session(shop: TestClient) -> None:
     recent = ["cat3-item1", "cat3-item2", "cat3-item4"]
     response = shop.post("/v1/recommendations", json={"recent_items": recent, "k": 6, "explain": True})
@@ -244,19 +320,25 @@ def test_anonymous_session(shop: TestClient) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["loc"][-1] == "k"
 
 
-def test_erasing_a_user_leaves_no_cached_answer(shop: TestClient) -> None:
+def test_erasing_a_user_leaves_no_cached_answer_or_history(shop: TestClient) -> None:
     state = state_of(shop)
     params = RecParams(k=10)
     recs(shop, "u4", k=10)
-    fresh = state.recommender.freshness("u4")
-    key = state.recommender.user_key("u4", params, fresh, state.registry.current)
+    key = state.recommender.user_key("u4", params, state.registry.current)
+    looked = state.cache.lookup_user("u4", key, 50)
+    assert looked.answer is not None  # the answer, and (after the miss) the user's latest events are cached
     assert state.cache.get(key) is not None
+    recs(shop, "u4", k=3)
+    assert state.cache.lookup_user("u4", "reco:t:none", 50).history
+
     assert shop.delete("/v1/users/u4", headers=auth(ADMIN_KEY)).status_code == 204
     assert state.cache.get(key) is None
+    after = state.cache.lookup_user("u4", key, 50)
+    assert after.answer is None and after.history is None
+    if isinstance(state.cache, MemoryCache):  # nothing under the user's prefix any more
+        assert not [k for k in list(state.cache._data) if k.startswith(cache_keys.user_prefix("u4"))]
     assert recs(shop, "u4", k=10)["strategy"] == "popular"  # no history any more
-    if isinstance(state.cache, MemoryCache):  # nothing under the user's prefix but the new answer
-        stored = [k for k in list(state.cache._data) if k.startswith(cache_keys.user_prefix("u4"))]
-        assert len(stored) == 1 and stored[0] != key
+    assert state.cache.lookup_user("u4", "reco:t:none", 50).history == [b""]  # refilled: empty
 
 
 @pytest.mark.parametrize(

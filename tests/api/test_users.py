@@ -72,10 +72,11 @@ def test_delete_erases_user_events_and_cached_answers(client: TestClient, settin
 
     cache = app_cache(client)
     mine = [
-        cache_keys.recommendations("u1", "v1", 0, 1, "k=10"),
-        cache_keys.recommendations("u1", "v2", 3, 7, "k=5"),
+        cache_keys.recommendations("u1", "v1", "k=10"),
+        cache_keys.recommendations("u1", "v2", "k=5"),
+        cache_keys.user_history_prefix("u1") + "0",
     ]
-    theirs = cache_keys.recommendations("u10", "v1", 0, 1, "k=10")  # `u1` is a prefix of `u10`: it must stay
+    theirs = cache_keys.recommendations("u10", "v1", "k=10")  # `u1` is a prefix of `u10`: it must stay
     for key in [*mine, theirs]:
         cache.set(key, b"[...]", 300)
     generation = cache_keys.user_generation("u1")
@@ -84,9 +85,9 @@ def test_delete_erases_user_events_and_cached_answers(client: TestClient, settin
     assert client.delete("/v1/users/u1").status_code == 204
 
     assert client.get("/v1/users/u1").status_code == 404
-    assert cache.get_many(mine) == [None, None]
+    assert cache.get_many(mine) == [None, None, None]
     assert cache.get(theirs) == b"[...]"
-    assert cache.get_many([generation])[0] != before  # answers keyed on the old generation are unreachable
+    assert cache.get_many([generation])[0] != before  # answers stamped with the old generation are unusable
     engine = make_engine(settings)
     with engine.connect() as conn:
         left = conn.execute(sa.text("SELECT user_id, count(*) FROM events GROUP BY user_id")).all()

@@ -11,6 +11,7 @@ import pytest
 
 from app.cache import Cache, RedisCache
 from app.cache import keys as cache_keys
+from app.cache.base import UserAnswer, UserLookup
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.servers import private_redis
 
@@ -54,25 +55,89 @@ def test_counters_are_atomic_under_threads(cache: Cache) -> None:
     assert cache.get_many([key]) == [b"200"]
 
 
-def test_recent_lists_newest_first_and_trimmed(cache: Cache) -> None:
-    assert cache.recent("reco:t:list", 5) is None
-    assert cache.push_recent("reco:t:list", [b"a", b"b"], max_len=3, ttl_seconds=60)
-    assert cache.push_recent("reco:t:list", [b"c", b"d"], max_len=3, ttl_seconds=60)
-    assert cache.recent("reco:t:list", 10) == [b"d", b"c", b"b"]
-    assert cache.recent("reco:t:list", 2) == [b"d", b"c"]
+def _entry(ts: int, item: str, kind: str = "view") -> bytes:
+    return cache_keys.history_entry(ts, kind, item)
+
+
+def _store(
+    cache: Cache, user: str, looked: UserLookup, body: bytes, history: list[bytes] | None = None
+) -> bool:
+    answer = UserAnswer(cache_keys.recommendations(user, "v1", "k=10"), body, 60, history, 60)
+    return cache.store_user(user, looked, answer)
+
+
+def test_user_lookup_answers_only_under_the_counters_it_was_stored_with(cache: Cache) -> None:
+    key = cache_keys.recommendations("u1", "v1", "k=10")
+    first = cache.lookup_user("u1", key, 10)
+    assert (first.generation, first.epoch, first.answer, first.history) == (0, 0, None, None)
+    assert _store(cache, "u1", first, b'{"items":[]}')
+    assert cache.get(key) == cache_keys.stamp(0, 0) + b'{"items":[]}'
+    assert cache.lookup_user("u1", key, 10).answer == b'{"items":[]}'
+    assert cache.lookup_user("u1", key, 10).history is None  # no list was given: none is held
+    assert cache.record_events({"u1": [_entry(5, "i1")]}, 10, 60)  # an event: the answer no longer holds
+    after = cache.lookup_user("u1", key, 10)
+    assert (after.generation, after.answer) == (1, None)
+    assert _store(cache, "u1", first, b"stale") is False  # computed before the event: not stored
+    assert cache.lookup_user("u1", key, 10).answer is None
+    assert cache.lookup_user("u2", cache_keys.recommendations("u2", "v1", "k=10"), 10).generation == 0
+    assert _store(cache, "u1", after, b"new")
+    cache.incr_many([cache_keys.EPOCH])  # an epoch bump makes it unusable too
+    assert cache.lookup_user("u1", key, 10).answer is None
+
+
+def test_history_is_stored_only_if_nothing_changed_and_events_go_on_top(cache: Cache) -> None:
+    key = cache_keys.recommendations("u1", "v1", "k=10")
+    looked = cache.lookup_user("u1", key, 10)
+    stored = [_entry(20, "i2"), _entry(10, "i1")]  # newest first, as the store returns them
+    assert cache.record_events({"u1": [_entry(30, "i3")]}, 10, 60)  # lands between the read and the store
+    assert cache.lookup_user("u1", key, 10).history is None  # no list is created by an event alone
+    assert _store(cache, "u1", looked, b"a", stored) is False
+    looked = cache.lookup_user("u1", key, 10)
+    stored = [_entry(30, "i3"), *stored]
+    assert _store(cache, "u1", looked, b"a", stored) is True
+    assert cache.lookup_user("u1", "reco:t:other", 10).history == [*stored, b""]
+    assert cache.lookup_user("u1", "reco:t:other", 2).history == stored[:2]
+    # newer events go on top, in order; an entry already held (committed before the read) is not repeated
+    assert cache.record_events({"u1": [_entry(30, "i3"), _entry(40, "i4"), _entry(40, "i5", "click")]}, 4, 60)
+    assert cache.lookup_user("u1", key, 10).history == [
+        _entry(40, "i5", "click"),
+        _entry(40, "i4"),
+        _entry(30, "i3"),
+        _entry(20, "i2"),
+    ]  # trimmed to max_len = 4
+    # an event older than the newest held one cannot be placed by a push: the list is dropped
+    assert cache.record_events({"u1": [_entry(35, "late")]}, 4, 60)
+    assert cache.lookup_user("u1", key, 10).history is None
+    # an empty history is held as the end marker alone; None drops a list (duplicates in a batch)
+    looked = cache.lookup_user("u2", key, 10)
+    assert _store(cache, "u2", looked, b"a", [])
+    assert cache.lookup_user("u2", key, 10).history == [b""]
+    assert cache.record_events({"u2": None}, 4, 60)
+    assert cache.lookup_user("u2", key, 10).history is None
+
+
+def test_an_epoch_bump_orphans_every_history_list(cache: Cache) -> None:
+    key = cache_keys.recommendations("u1", "v1", "k=10")
+    looked = cache.lookup_user("u1", key, 10)
+    assert _store(cache, "u1", looked, b"a", [_entry(1, "i1")])
+    cache.incr_many([cache_keys.EPOCH])
+    assert _store(cache, "u1", looked, b"a", [_entry(1, "i1")]) is False
+    assert cache.lookup_user("u1", key, 10).history is None
+    assert cache_keys.parse_history_entry(_entry(7, "a\tb", "click")) == ("a\tb", "click")
+    assert cache_keys.parse_history_entry(b"") is None
 
 
 def test_delete_prefix_removes_one_users_answers_only(cache: Cache) -> None:
     for user in ("u1", "u10", "u1*", "u["):
         for n in range(3):
-            cache.set(cache_keys.recommendations(user, "v1", 0, n, "k=10"), b"x", 60)
+            cache.set(cache_keys.recommendations(user, "v1", f"k={n}"), b"x", 60)
     cache.delete_prefix(cache_keys.user_prefix("u1"))
-    assert all(cache.get(cache_keys.recommendations("u1", "v1", 0, n, "k=10")) is None for n in range(3))
+    assert all(cache.get(cache_keys.recommendations("u1", "v1", f"k={n}")) is None for n in range(3))
     for other in ("u10", "u1*", "u["):  # a prefix id and glob characters are never confused with u1
-        assert cache.get(cache_keys.recommendations(other, "v1", 0, 0, "k=10")) == b"x", other
+        assert cache.get(cache_keys.recommendations(other, "v1", "k=0")) == b"x", other
     cache.delete_prefix(cache_keys.user_prefix("u1*"))
-    assert cache.get(cache_keys.recommendations("u10", "v1", 0, 0, "k=10")) == b"x"
-    assert cache.get(cache_keys.recommendations("u1*", "v1", 0, 0, "k=10")) is None
+    assert cache.get(cache_keys.recommendations("u10", "v1", "k=0")) == b"x"
+    assert cache.get(cache_keys.recommendations("u1*", "v1", "k=0")) is None
 
 
 def test_ping(cache: Cache) -> None:
@@ -82,12 +147,9 @@ def test_ping(cache: Cache) -> None:
 def test_keys_of_one_id_never_prefix_another() -> None:
     assert not cache_keys.user_prefix("a").startswith(cache_keys.user_prefix("a:b"))
     assert not cache_keys.user_prefix("a:b").startswith(cache_keys.user_prefix("a"))
-    assert cache_keys.recommendations("u", "v1", 1, 2, "k=10") != cache_keys.recommendations(
-        "u", "v1", 1, 3, "k=10"
-    )
-    assert cache_keys.recommendations("u", "v1", 1, 2, "k=10") != cache_keys.recommendations(
-        "u", "v2", 1, 2, "k=10"
-    )
+    assert cache_keys.recommendations("u", "v1", "k=10") != cache_keys.recommendations("u", "v1", "k=5")
+    assert cache_keys.recommendations("u", "v1", "k=10") != cache_keys.recommendations("u", "v2", "k=10")
+    assert cache_keys.stamp(1, 23) != cache_keys.stamp(12, 3)
 
 
 def test_redis_down_degrades_to_misses_counts_errors_and_recovers() -> None:
@@ -102,8 +164,9 @@ def test_redis_down_degrades_to_misses_counts_errors_and_recovers() -> None:
         assert cache.get("reco:t:k") is None
         assert cache.get_many(["reco:t:k"]) == [None]
         assert cache.incr_many(["reco:t:n"]) is False
-        assert cache.push_recent("reco:t:l", [b"x"], 5, 60) is False
-        assert cache.recent("reco:t:l", 5) is None
+        assert cache.record_events({"u1": [b"1\tview\ti1"]}, 5, 60) is False
+        assert cache.lookup_user("u1", "reco:t:k", 5) == UserLookup()
+        assert _store(cache, "u1", UserLookup(), b"a", []) is False
         cache.delete_prefix("reco:t:")
         assert cache.ping() is False
         assert time.monotonic() - started < 2, "a dead Redis must not slow every call down"

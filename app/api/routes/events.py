@@ -48,7 +48,13 @@ async def post_events(request: Request) -> IngestResult:
                 f"events[{batch.rejected[0].index}].{batch.rejected[0].error}{more}", details=details
             )
         accepted, duplicates = run_transaction(state.sessions, lambda s: service.store(s, batch))
-        service.after_commit(state.cache, batch.events)
+        service.after_commit(
+            state.cache,
+            batch.events,
+            stored=accepted,
+            history_len=settings.history_len,
+            history_seconds=settings.history_cache_seconds,
+        )
         metrics = state.metrics.events
         metrics.labels("accepted").inc(accepted)
         metrics.labels("duplicate").inc(duplicates)

@@ -1,7 +1,10 @@
 """Recommendations, anonymous sessions, similar items and popular items (scope read).
 
-Routes are `async`: a cached answer is served from the event loop (one or two cache round trips, no thread hop);
-the work of an uncached answer (one database query, the user tower, FAISS) runs in the threadpool.
+Routes are `async`. A user's answer starts with one cache round trip (asyncio: the loop serves other requests
+meanwhile): a hit ends there. A miss computes on the loop too (numpy user tower and FAISS: short and CPU-bound,
+where threads would only contend for the GIL); its cache write runs after the response is sent. Only a store read
+(when the cache holds no list of the user's latest events) and explanations (torch, per history item) go to
+threads.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import get_state, require
@@ -150,11 +154,23 @@ _USER_PARAMETERS = [
 async def user_recommendations(request: Request) -> Response:
     """What the user should see next, from their latest events (an event sent a moment ago counts)."""
     user_id, params = _user_request(request)
-    recommender = get_state(request).recommender
-    fresh, hit = recommender.cached_for_user(user_id, params)
-    if hit is not None:
-        return _answer(hit, "hit")
-    return _answer(await run_in_threadpool(recommender.answer_user, user_id, params, fresh), "miss")
+    state = get_state(request)
+    recommender = state.recommender
+    looked = await recommender.alookup_user(user_id, params)
+    if looked.answer is not None:
+        return _answer(looked.answer, "hit")
+    if params.explain:  # leave-one-out runs the torch tower once per history item: off the event loop
+        return _answer(await run_in_threadpool(recommender.answer_user, user_id, params, looked), "miss")
+    stored = None
+    if looked.history is None:  # the store read waits on I/O: in a thread, so the loop serves others
+        stored = await run_in_threadpool(recommender.read_history, user_id)
+    # The rest is ~0.5 ms of CPU (numpy tower, FAISS): inline, as threads would only contend for the GIL.
+    answer = recommender.compute_user(user_id, params, looked, stored)
+    # Stored after the response is sent: the caller does not wait for that round trip (the store is
+    # conditional on the counters, so a late write can never make a stale answer servable).
+    response = _answer(answer.body, "miss")
+    response.background = BackgroundTask(state.cache.astore_user, user_id, looked, answer)
+    return response
 
 
 @router.post(
