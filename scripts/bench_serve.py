@@ -5,8 +5,12 @@ for each synthetic catalog size it measures, at concurrency 1 and 8:
   - `bare`: an endpoint of the same app (added by this script's app factory only) returning a JSON body of the
     size of a 10-item answer without any work: the ceiling;
   - `cached`: GET /v1/users/{u}/recommendations?k=10 for a few warmed users (every answer a cache hit);
-  - `uncached`: the same for a different user every request (every answer a miss: one DB query for the
-    latest events, the user tower, FAISS top-k over the catalog, the cache write);
+  - `uncached`: the same for a different user every request, none read since the server started (every answer
+    a miss: one store query for the latest events, the user tower, FAISS top-k, one cache write that keeps the
+    answer and the user's latest events);
+  - `active`: a different user every request, each made active first as on a live site (one earlier
+    recommendation read, then a click through POST /v1/events: the click bumps the user's generation and is
+    put on their latest-events list in the cache), so every answer is a miss that reads no store;
 and freshness: from the acknowledgement of POST /v1/events (the user clicks their top item) to an answer that
 reflects it (that item is gone: seen items are excluded).
 
@@ -97,7 +101,9 @@ async def _one_connection(
     auth = f"Authorization: Bearer {KEY}\r\n"
     try:
         while time.perf_counter() < deadline:
-            path = next(paths)
+            path = next(paths, None)
+            if path is None:  # a finite walk (priming) is done
+                break
             start = time.perf_counter()
             writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
@@ -117,7 +123,7 @@ async def _one_connection(
         writer.close()
 
 
-def _paths(mode: str, first_user: int) -> Iterator[str]:
+def _paths(mode: str, first_user: int, last_user: int | None = None) -> Iterator[str]:
     if mode == "bare":
         while True:
             yield "/bench/bare"
@@ -127,17 +133,21 @@ def _paths(mode: str, first_user: int) -> Iterator[str]:
             yield f"/v1/users/u{n % CACHED_USERS}/recommendations?k=10"
             n += 1
     user = first_user
-    while True:
+    while last_user is None or user < last_user:
         yield f"/v1/users/u{user}/recommendations?k=10"
         user += 1
 
 
-async def _load(port: int, mode: str, concurrency: int, duration: float, first_user: int) -> dict[str, Any]:
-    paths = _paths(mode, first_user)  # shared by every connection: each request takes the next path
+async def _load(
+    port: int, mode: str, concurrency: int, duration: float, first_user: int, last_user: int | None = None
+) -> dict[str, Any]:
+    # one walk shared by every connection: each request takes the next path
+    paths = _paths("uncached" if mode in ("active", "prime") else mode, first_user, last_user)
     warm: list[tuple[float, int, bool]] = []
-    await asyncio.gather(
-        *[_one_connection(port, paths, time.perf_counter() + 0.5, warm) for _ in range(concurrency)]
-    )
+    if mode != "prime":
+        await asyncio.gather(
+            *[_one_connection(port, paths, time.perf_counter() + 0.5, warm) for _ in range(concurrency)]
+        )
     out: list[tuple[float, int, bool]] = []
     started = time.perf_counter()
     await asyncio.gather(*[_one_connection(port, paths, started + duration, out) for _ in range(concurrency)])
@@ -152,7 +162,7 @@ async def _load(port: int, mode: str, concurrency: int, duration: float, first_u
         "p99_ms": round(float(np.percentile(lat, 99)), 3),
         "errors": sum(1 for o in out if o[1] != 200),
         "cache_hits": sum(1 for o in out if o[2]),
-        "users_used": len(out) + len(warm) if mode == "uncached" else None,
+        "users_used": len(out) + len(warm) if mode in ("uncached", "active") else None,
     }
 
 
@@ -164,14 +174,20 @@ def loadgen_main(args: argparse.Namespace) -> None:
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(_load(args.port, args.mode, args.concurrency, args.duration, args.first_user))
+    result = asyncio.run(
+        _load(args.port, args.mode, args.concurrency, args.duration, args.first_user, args.last_user)
+    )
     print(json.dumps(result))
 
 
-def run_load(port: int, mode: str, concurrency: int, duration: float, first_user: int) -> dict[str, Any]:
-    """Run the load generator in a separate process and return its figures."""
+def run_load(
+    port: int, mode: str, concurrency: int, duration: float, first_user: int, last_user: int | None = None
+) -> dict[str, Any]:
+    """Run the load generator in a separate process and return its figures (`last_user`: stop there)."""
     cmd = [sys.executable, __file__, "loadgen", "--port", str(port), "--mode", mode]
     cmd += ["--concurrency", str(concurrency), "--duration", str(duration), "--first-user", str(first_user)]
+    if last_user is not None:
+        cmd += ["--last-user", str(last_user)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -343,6 +359,27 @@ def wait_ready(port: int, version: str, timeout: float = 900) -> None:
     raise TimeoutError(f"server did not serve {version} in {timeout} s")
 
 
+def make_active(port: int, first_user: int, last_user: int, n_items: int) -> float:
+    """Users [first, last) as on a live site: one recommendation read each (the miss keeps their latest events
+    in the cache), then a click each through POST /v1/events (batches of 1000). Returns the seconds taken."""
+    started = time.perf_counter()
+    run_load(port, "prime", 8, 3600, first_user, last_user)
+    tag = uuid.uuid4().hex[:8]
+    for start in range(first_user, last_user, 1000):
+        events = [
+            {
+                "user_id": f"u{u}",
+                "item_id": f"i{(u * 7919) % n_items}",
+                "type": "click",
+                "event_id": f"a-{tag}-{u}",
+            }
+            for u in range(start, min(start + 1000, last_user))
+        ]
+        status, _, ack = _http(port, "POST", "/v1/events", orjson.dumps({"events": events}), key=ADMIN)
+        assert status == 200 and ack["accepted"] == len(events), ack
+    return time.perf_counter() - started
+
+
 def freshness(port: int, first_user: int, trials: int) -> dict[str, Any]:
     """Click the user's top item, then ask again: time from the event's ack to the answer without it."""
     times, reflected = [], 0
@@ -420,13 +457,32 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     run["index"] = _http(port, "GET", "/readyz")[2]["serving"]["index"]
                     for u in range(CACHED_USERS):  # warm the cached users
                         _http(port, "GET", f"/v1/users/u{u}/recommendations?k=10")
+                    cold_rps = {}
                     for mode in ("bare", "cached", "uncached"):
                         for concurrency in (1, 8):
                             result = run_load(port, mode, concurrency, args.duration, next_user)
                             if mode == "uncached":
                                 next_user += result["users_used"] + 8
+                                cold_rps[concurrency] = result["rps"]
                             print(json.dumps({"items": n, **result}), flush=True)
                             run["loads"].append(result)
+                    for concurrency in (1, 8):  # misses whose latest events the cache holds
+                        walk = int(
+                            max(cold_rps[concurrency], 100) * args.active_factor * (args.duration + 0.5)
+                        )
+                        if next_user + walk >= args.users:
+                            raise SystemExit(
+                                f"--users {args.users} is too few: {next_user + walk} were needed"
+                            )
+                        primed_s = make_active(port, next_user, next_user + walk, n)
+                        result = run_load(
+                            port, "active", concurrency, args.duration, next_user, next_user + walk
+                        )
+                        result.update(primed_users=walk, primed_s=round(primed_s, 1))
+                        result["walk_exhausted"] = result["users_used"] >= walk
+                        next_user += walk + 8
+                        print(json.dumps({"items": n, **result}), flush=True)
+                        run["loads"].append(result)
                     run["freshness"] = freshness(port, next_user, args.freshness_trials)
                     next_user += args.freshness_trials
                     print(json.dumps({"items": n, "freshness": run["freshness"]}), flush=True)
@@ -438,6 +494,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+LABELS = {
+    "bare": "bare",
+    "cached": "cached",
+    "uncached": "uncached, cold user (store read)",
+    "active": "uncached, active user (events in cache)",
+}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -456,7 +520,7 @@ def markdown(results: dict[str, Any]) -> str:
         for r in run["loads"]:
             ratio = r["rps"] / bare[r["concurrency"]] if bare.get(r["concurrency"]) else float("nan")
             lines.append(
-                f"| {run['items']:,} | {r['mode']} | {r['concurrency']} | {r['rps']:,.0f} | {ratio:.2f} | "
+                f"| {run['items']:,} | {LABELS[r['mode']]} | {r['concurrency']} | {r['rps']:,.0f} | {ratio:.2f} | "
                 f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['cache_hits']}/{r['requests']} |"
             )
     lines += [
@@ -482,12 +546,19 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     gen = sub.add_parser("loadgen", help="(internal) the load generator process")
     gen.add_argument("--port", type=int, required=True)
-    gen.add_argument("--mode", choices=["bare", "cached", "uncached"], required=True)
+    gen.add_argument("--mode", choices=["bare", "cached", "uncached", "active", "prime"], required=True)
     gen.add_argument("--concurrency", type=int, default=1)
     gen.add_argument("--duration", type=float, default=5.0)
     gen.add_argument("--first-user", type=int, default=CACHED_USERS)
+    gen.add_argument("--last-user", type=int, default=None)
     parser.add_argument("--items", default="100000,1000000", help="catalog sizes, comma separated")
-    parser.add_argument("--users", type=int, default=12_000)
+    parser.add_argument("--users", type=int, default=40_000)
+    parser.add_argument(
+        "--active-factor",
+        type=float,
+        default=5.0,
+        help="users made active per active cell, as a multiple of the cold cell's requests",
+    )
     parser.add_argument("--events-per-user", type=int, default=15)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load cell")
     parser.add_argument("--workers", type=int, default=1)
