@@ -116,6 +116,7 @@ class PopularCounters:
         self.max_ranked = max_ranked
         self._code_of: dict[str, int] = {}
         self._item_ids: list[str] = []
+        self._ids = np.empty(0, dtype=object)  # [n_codes]: _item_ids as an array, rebuilt when ids are added
         self._all = np.zeros(0, dtype=np.float64)  # [n_codes]
         self._rankings: dict[str, Ranking] = {}
         self.events_seen = 0
@@ -150,11 +151,14 @@ class PopularCounters:
     def rank(self, now: float) -> None:
         """Rebuild and publish every ranking (one reference assignment each)."""
         n = len(self._item_ids)
+        if self._ids.size != n:  # ids picked in C below, not in a Python loop holding the GIL
+            self._ids = np.array(self._item_ids, dtype=object)  # [n]
+        ids = self._ids
         rankings = {
-            name: _ranking(window.scores(now, n), self._item_ids, self.max_ranked)
+            name: _ranking(window.scores(now, n), ids, self.max_ranked)
             for name, window in self.windows.items()
         }
-        rankings[ALL_TIME] = _ranking(self._all, self._item_ids, self.max_ranked)
+        rankings[ALL_TIME] = _ranking(self._all, ids, self.max_ranked)
         self._rankings = rankings
 
     def ranking(self, window: str) -> Ranking:
@@ -162,14 +166,14 @@ class PopularCounters:
         return self._rankings.get(window, _EMPTY)
 
 
-def _ranking(scores: np.ndarray, item_ids: list[str], limit: int) -> Ranking:
+def _ranking(scores: np.ndarray, item_ids: np.ndarray, limit: int) -> Ranking:
     present = np.flatnonzero(scores > 0)  # [m]
     if present.size == 0:
         return _EMPTY
     if present.size > limit:
         present = present[np.argpartition(-scores[present], limit - 1)[:limit]]  # [limit] unordered
     order = present[np.argsort(-scores[present], kind="stable")]  # [m]
-    return Ranking([item_ids[i] for i in order.tolist()], scores[order])
+    return Ranking(item_ids[order].tolist(), scores[order])
 
 
 @dataclass(frozen=True, slots=True)

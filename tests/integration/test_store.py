@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.catalog import repository as catalog
 from app.catalog.service import erase_user, load_items
-from app.db.engine import make_engine, make_sessionmaker, run_transaction
+from app.db.engine import make_engine, make_read_engine, make_sessionmaker, read, run_transaction
 from app.events import repository
 from app.events.repository import NewEvent
 from app.events.service import load_events
@@ -129,6 +129,31 @@ def test_recent_events_newest_first_ties_by_insertion(sessions: sessionmaker[Ses
         assert repository.count_for_user(s, "u1") == 4
         assert repository.count_for_user(s, "nobody") == 0
         assert repository.recent_events(s, "nobody", 5) == []
+
+
+def test_serving_read_latest_history_one_statement_no_transaction_survives_a_dropped_connection(
+    sessions: sessionmaker[Session], database_url: str
+) -> None:
+    """The recommendation read path: `read` on the read engine returns (item, type, ts) newest first; on
+    PostgreSQL it runs in autocommit (no BEGIN/ROLLBACK round trips) and a connection the server dropped is
+    replaced transparently."""
+    insert(sessions, [ev(1, ts=T0), ev(2, ts=T0 + timedelta(hours=1), type="click"), ev(3, user="u2")])
+    settings = Settings(database_url=database_url)
+    engine = make_read_engine(settings) if not settings.is_sqlite else make_engine(settings)
+    try:
+        got = read(engine, lambda conn: repository.latest_history(conn, "u1", 10))
+        assert got == [("i2", "click", T0 + timedelta(hours=1)), ("i1", "view", T0)]
+        if settings.is_sqlite:
+            return
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is True  # type: ignore[union-attr]
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with sessions() as s:  # the server drops the pooled connection
+            s.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        got = read(engine, lambda conn: repository.latest_history(conn, "u1", 1))
+        assert got == [("i2", "click", T0 + timedelta(hours=1))]
+    finally:
+        engine.dispose()
 
 
 def test_streaming_reads_every_event_once_in_order(sessions: sessionmaker[Session]) -> None:
