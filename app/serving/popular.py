@@ -22,11 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.events.repository import iter_interactions
 from app.serving.catalog import CatalogView
+from app.serving.polling import Pacer
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 24
 _UNITS = {"m": 60, "h": 3600, "d": 86_400}
+_POLL_CHUNK = 2_000  # events per fetch of a poll: the pacer ticks between chunks
 ALL_TIME = "all"
 
 
@@ -148,16 +150,18 @@ class PopularCounters:
         self.events_seen += len(codes)
         return len(codes)
 
-    def rank(self, now: float) -> None:
-        """Rebuild and publish every ranking (one reference assignment each)."""
+    def rank(self, now: float, pacer: Pacer | None = None) -> None:
+        """Rebuild and publish every ranking (one reference assignment each); `pacer` ticks between them."""
+        pacer = pacer or Pacer()
         n = len(self._item_ids)
         if self._ids.size != n:  # ids picked in C below, not in a Python loop holding the GIL
             self._ids = np.array(self._item_ids, dtype=object)  # [n]
+            pacer.tick()
         ids = self._ids
-        rankings = {
-            name: _ranking(window.scores(now, n), ids, self.max_ranked)
-            for name, window in self.windows.items()
-        }
+        rankings = {}
+        for name, window in self.windows.items():
+            rankings[name] = _ranking(window.scores(now, n), ids, self.max_ranked)
+            pacer.tick()
         rankings[ALL_TIME] = _ranking(self._all, ids, self.max_ranked)
         self._rankings = rankings
 
@@ -210,12 +214,16 @@ class PopularTracker:
         with self._lock:
             now = self._clock()
             n = 0
+            # A burst of events is counted without starving the event loop of the GIL (the start-up backfill,
+            # before anything is served, runs unpaced).
+            pacer = Pacer() if self.ready else Pacer(math.inf)
             with self.sessions() as session:
-                for chunk in iter_interactions(session, since_id=self.watermark):
+                for chunk in iter_interactions(session, since_id=self.watermark, chunk_size=_POLL_CHUNK):
                     n += self.counters.add(((r[2], r[3], r[5]) for r in chunk), now)
                     self.watermark = chunk[-1][0]
+                    pacer.tick()
             if n or not self.ready or now - self._last_rank > 60:
-                self.counters.rank(now)
+                self.counters.rank(now, pacer)
                 self._last_rank = now
             self.ready = True
             return n

@@ -8,6 +8,7 @@ assignment under `_write_lock`; readers never take a lock.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from app.index import IndexConfig, ItemIndex
 from app.registry.repository import active_version
 from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
 from app.serving.model import ServingModel
-from app.serving.polling import Poller
+from app.serving.polling import Pacer, Poller
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ class ModelRegistry:
             with self.sessions() as session:
                 newest = latest_change(session)
                 since = self.catalog.watermark
-                records = list(changed_items(session, since)) if newest is not None else []
+                # Paced once serving: a burst of new rows is parsed without starving the event loop of the GIL.
+                pacer = Pacer() if self.catalog.loaded else Pacer(math.inf)
+                records = list(pacer.paced(changed_items(session, since))) if newest is not None else []
             changes = self.catalog.apply(records)
             current = self.current
             if current is not None and changes:
