@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 BUCKETS = 24
 _UNITS = {"m": 60, "h": 3600, "d": 86_400}
-_POLL_CHUNK = 2_000  # events per fetch of a poll: the pacer ticks between chunks
+_POLL_CHUNK = 2_000  # events per fetch of a serving poll: the pacer ticks between chunks
+_BACKFILL_CHUNK = 50_000  # events per fetch of the start-up backfill (unpaced: fewer, larger fetches)
 ALL_TIME = "all"
 
 
@@ -217,8 +218,9 @@ class PopularTracker:
             # A burst of events is counted without starving the event loop of the GIL (the start-up backfill,
             # before anything is served, runs unpaced).
             pacer = Pacer() if self.ready else Pacer(math.inf)
+            chunk_size = _POLL_CHUNK if self.ready else _BACKFILL_CHUNK
             with self.sessions() as session:
-                for chunk in iter_interactions(session, since_id=self.watermark, chunk_size=_POLL_CHUNK):
+                for chunk in iter_interactions(session, since_id=self.watermark, chunk_size=chunk_size):
                     n += self.counters.add(((r[2], r[3], r[5]) for r in chunk), now)
                     self.watermark = chunk[-1][0]
                     pacer.tick()
