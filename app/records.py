@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -31,3 +31,8 @@ class EventRecord:
     timestamp: datetime
     value: float | None = None
     event_id: str | None = None
+
+
+def as_utc(ts: datetime) -> datetime:
+    """`ts` as an aware UTC datetime (a naive one, as SQLite returns them, is taken to be UTC)."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

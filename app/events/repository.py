@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from app.db.tables import Event
-from app.records import EventRecord
+from app.records import EventRecord, as_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +46,9 @@ _PG_INSERT_BATCH = text(
 )
 
 
-def _as_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 def _sqlite_ts(ts: datetime) -> str:
     """The text form SQLAlchemy's DateTime uses on SQLite (UTC, naive)."""
-    return _as_utc(ts).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return as_utc(ts).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
@@ -63,7 +59,7 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
     items = sorted({e.item_id for e in events})
     if session.get_bind().dialect.name == "postgresql":
         rows = [
-            {"e": e.event_id, "u": e.user_id, "i": e.item_id, "t": e.type, "v": e.value, "ts": _as_utc(e.ts)}
+            {"e": e.event_id, "u": e.user_id, "i": e.item_id, "t": e.type, "v": e.value, "ts": as_utc(e.ts)}
             for e in events
         ]  # json_to_recordset keeps the array's order: row ids follow the batch order
         result = session.execute(
@@ -108,7 +104,7 @@ def recent_events(session: Session, user_id: str, limit: int) -> list[EventRecor
             user_id=user_id,
             item_id=r.item_id,
             type=r.type,
-            timestamp=_as_utc(r.ts),
+            timestamp=as_utc(r.ts),
             value=r.value,
             event_id=r.event_id,
         )
@@ -128,7 +124,7 @@ def latest_history(conn: Connection, user_id: str, limit: int) -> list[tuple[str
     """(item_id, type, ts) of the user's latest `limit` events, newest first: the serving read (one indexed
     query on a bare connection, no ORM objects)."""
     rows = conn.execute(_LATEST, {"user_id": user_id, "limit": limit}).all()
-    return [(r[0], r[1], _as_utc(r[2])) for r in rows]
+    return [(r[0], r[1], as_utc(r[2])) for r in rows]
 
 
 def count_for_user(session: Session, user_id: str) -> int:
@@ -156,7 +152,7 @@ def iter_interactions(
     )
     result = session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size))
     for partition in result.partitions(chunk_size):
-        yield [(r[0], r[1], r[2], r[3], r[4], _as_utc(r[5]).timestamp()) for r in partition]
+        yield [(r[0], r[1], r[2], r[3], r[4], as_utc(r[5]).timestamp()) for r in partition]
 
 
 def max_event_id(session: Session) -> int:

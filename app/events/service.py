@@ -16,14 +16,10 @@ from app.db.engine import run_transaction
 from app.events import repository
 from app.events.repository import NewEvent
 from app.events.schemas import EventIn, Rejection
-from app.records import EventRecord
+from app.records import EventRecord, as_utc
 from app.validation import describe, dotted
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _as_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 @dataclass
@@ -99,7 +95,7 @@ def store(session: Session, batch: Validated) -> tuple[int, int]:
 
 def history_entry_of(item_id: str, event_type: str, ts: datetime) -> bytes:
     """An event as an entry of its user's latest-events list in the cache."""
-    micros = (_as_utc(ts) - _EPOCH) // timedelta(microseconds=1)
+    micros = (as_utc(ts) - _EPOCH) // timedelta(microseconds=1)
     return cache_keys.history_entry(micros, event_type, item_id)
 
 
@@ -115,7 +111,7 @@ def after_commit(
     if stored < len(events):
         updates = dict.fromkeys(sorted({e.user_id for e in events}))
     else:
-        for event in sorted(events, key=lambda e: _as_utc(e.ts)):  # stable: batch order breaks ties
+        for event in sorted(events, key=lambda e: as_utc(e.ts)):  # stable: batch order breaks ties
             entries = updates.setdefault(event.user_id, [])
             assert entries is not None
             entries.append(history_entry_of(event.item_id, event.type, event.ts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.tables import TrainingJob, utcnow
+from app.records import as_utc
 
 OPEN = ("queued", "running")
 TRIGGERS = ("api", "schedule", "cli", "demo")
@@ -44,7 +45,7 @@ class Recovered:
 def _as_utc(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return as_utc(ts)
 
 
 def get_job(session: Session, job_id: str) -> TrainingJob | None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import ArtifactError, load_version
 from app.index import IndexConfig, ItemIndex
+from app.records import as_utc
 from app.registry.repository import active_version
 from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
 from app.serving.model import ServingModel
@@ -28,10 +29,6 @@ from app.serving.polling import Pacer, Poller
 log = logging.getLogger(__name__)
 
 RETRY_FAILED_SECONDS = 60.0
-
-
-def _as_utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 class ModelRegistry:
@@ -154,7 +151,7 @@ class ModelRegistry:
                 # Rows stamped up to OVERLAP before this read may still be committing (or come from a process
                 # whose clock is a little behind): they are read again next time. Older ones are settled, so a
                 # bulk import is read once, not on every poll.
-                self.catalog.watermark = min(_as_utc(newest), started - OVERLAP)
+                self.catalog.watermark = min(as_utc(newest), started - OVERLAP)
             self.catalog.loaded = True
             return len(changes)
 
