@@ -33,6 +33,12 @@ def upsert_items(session: Session, rows: Sequence[tuple[str, dict[str, Any]]]) -
     return out
 
 
+def items_by_id(session: Session, item_ids: Iterable[str]) -> dict[str, Item]:
+    """The stored items among `item_ids`, hidden ones included, by id."""
+    ids = sorted(set(item_ids))
+    return {i.item_id: i for i in session.scalars(select(Item).where(Item.item_id.in_(ids)))} if ids else {}
+
+
 def get_item(session: Session, item_id: str) -> Item | None:
     """A visible item (not deleted), or None."""
     return session.scalar(select(Item).where(Item.item_id == item_id, Item.deleted.is_(False)))
