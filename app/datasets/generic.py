@@ -133,10 +133,12 @@ def detect_format(path: Path) -> FileFormat | None:
                 first = stream.readline(_SNIFF_BYTES)
                 if not first:
                     return None
-                read += len(first)
+                if not read:
+                    first = first.removeprefix(_BOM)
+                read += len(first) or 1
     except (OSError, EOFError, zlib.error) as exc:
         raise _unreadable(path, exc) from None
-    head = first.removeprefix(_BOM).strip()
+    head = first.strip()
     if head.startswith(b"{"):
         return FileFormat("jsonl", gzipped)
     if head.startswith(b"["):
