@@ -28,7 +28,15 @@ COMMANDS = sorted(_commands(build_parser()))
 
 
 def test_the_documented_commands_exist() -> None:
-    for expected in [("serve",), ("demo",), ("db", "upgrade"), ("keys", "create"), ("import", "movielens")]:
+    for expected in [
+        ("serve",),
+        ("demo",),
+        ("db", "upgrade"),
+        ("keys", "create"),
+        ("import", "movielens"),
+        ("import", "events"),
+        ("import", "items"),
+    ]:
         assert expected in COMMANDS
 
 
