@@ -1,14 +1,27 @@
-"""Data cleaning before training: known answers for each rule, and rules that are off."""
+"""Data cleaning before training: known answers for each rule, rules off, settings, and a job on the store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.engine import make_engine, make_sessionmaker
+from app.events.service import load_events
 from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.data import InteractionLog
+from app.records import EventRecord
+from app.registry import repository as registry
+from app.settings import DEFAULT_EVENT_WEIGHTS, Settings, load_settings
+from app.trainer.pipeline import cleaning_rules, read_training_data
+from app.trainer.worker import Worker
+from tests.e2e.support import BASE_TIME, enqueue, job_row, load_chain_world, tiny
 
 Row = tuple[str, str, str, float]
 T0 = 1_700_000_000.0
@@ -181,3 +194,109 @@ def test_the_report_reads_as_one_line() -> None:
     line = format_report(report)
     assert line.startswith(f"cleaning: read {len(human())}, kept 96; dropped: types 20 (click 20)")
     assert "bot users 0 (0 events)" in line
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_reco_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("RECO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_settings_defaults_empty_values_and_refusals(
+    no_reco_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = cleaning_rules(load_settings())
+    assert (rules.bot_events_per_minute, rules.repeat_window_s) == (120, 5.0)
+    assert (rules.max_events_per_user, rules.max_events_per_item) == (10_000, 0)
+    assert rules.type_weights == DEFAULT_EVENT_WEIGHTS
+    monkeypatch.setenv("RECO_CLEAN_BOT_EVENTS_PER_MINUTE", "")  # empty: off
+    monkeypatch.setenv("RECO_CLEAN_REPEAT_WINDOW_S", "0")
+    monkeypatch.setenv("RECO_CLEAN_MAX_EVENTS_PER_ITEM", "500")
+    rules = cleaning_rules(load_settings())
+    assert (rules.bot_events_per_minute, rules.repeat_window_s, rules.max_events_per_item) == (0, 0.0, 500)
+    monkeypatch.setenv("RECO_CLEAN_MAX_EVENTS_PER_USER", "-1")
+    with pytest.raises(SystemExit, match="RECO_CLEAN_MAX_EVENTS_PER_USER"):
+        load_settings()
+
+
+# --- through the worker, on the store ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def noisy_events() -> list[EventRecord]:
+    """Beside the chain world: a bot, a user who double-fires, impressions, a user over the cap."""
+
+    def at(seconds: float) -> datetime:
+        return BASE_TIME + timedelta(days=1, seconds=seconds)
+
+    events = [
+        EventRecord("bot", f"i{k % 10}", "view", at(0.05 * k), event_id=f"bot-{k}")  # 600 in 30 s
+        for k in range(600)
+    ]
+    for k in range(12):  # each view fired twice, 2 s apart (the later one stored first)
+        events.append(EventRecord("double", f"i{k}", "view", at(3600 + 10.0 * k + 2), event_id=f"d-{k}"))
+        events.append(EventRecord("double", f"i{k}", "view", at(3600 + 10.0 * k), event_id=f"d-first-{k}"))
+    events += [EventRecord("u3", f"i{k}", "impression", at(7200 + k), event_id=f"imp-{k}") for k in range(30)]
+    events += [EventRecord("heavy", f"i{k}", "view", at(600.0 * k), event_id=f"heavy-{k}") for k in range(20)]
+    return events
+
+
+def test_a_job_cleans_its_data_and_the_admin_api_shows_the_counts(
+    settings: Settings, sessions: sessionmaker[Session], client: TestClient
+) -> None:
+    chain = load_chain_world(sessions)  # 120 users x 12 views, 1 s apart: nothing in it is noise
+    stored, _ = load_events(sessions, noisy_events(), source="noise")
+    assert stored == 600 + 24 + 30 + 20
+    job_id = enqueue(sessions)
+    weights = {**DEFAULT_EVENT_WEIGHTS, "impression": 0.0}
+    cleaning = {
+        "event_weights": weights,
+        "clean_bot_events_per_minute": 120,
+        "clean_repeat_window_s": 5.0,
+        "clean_max_events_per_user": 12,
+        "clean_max_events_per_item": 0,
+    }
+    assert Worker(tiny(settings, train_epochs=2, **cleaning), sessions).run(once=True) == 1
+
+    expected = {
+        "types": {"events": 30, "by_type": {"impression": 30}},
+        "bot_users": {"users": 1, "events": 600},
+        "repeats": {"events": 12},
+        "user_cap": {"users": 1, "events": 8},
+        "item_cap": {"items": 0, "events": 0},
+    }
+    kept = chain + stored - 30 - 600 - 12 - 8
+    job = job_row(sessions, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    report = job["metrics"]["cleaning"]
+    assert report["dropped"] == expected and report["read"] == chain + stored and report["kept"] == kept
+    assert report["rules"]["max_events_per_user"] == 12 and report["rules"]["bot_events_per_minute"] == 120
+
+    answer = client.get(f"/v1/admin/jobs/{job_id}")
+    assert answer.status_code == 200
+    assert answer.json()["metrics"]["cleaning"]["dropped"] == expected
+    with sessions() as s:
+        row = registry.get_version(s, job["model_version"])
+        assert row is not None
+        assert row.data_stats["cleaning"]["dropped"] == expected
+        assert row.data_stats["raw_interactions"] == kept
+        assert row.data_stats["skipped_types"] == {"impression": 30}
+    models = client.get("/v1/admin/models").json()["models"]
+    assert models[0]["data"]["cleaning"]["kept"] == kept
+
+    # The same store read with the rules off: only the type rule (from the weights) applies.
+    with sessions() as s:
+        data = read_training_data(s, weights)
+    assert data.cleaning is not None and len(data.log) == chain + stored - 30
+    assert "bot" in data.log.users
