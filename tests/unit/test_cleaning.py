@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.cli import main
 from app.db.engine import make_engine, make_sessionmaker
 from app.events.service import load_events
 from app.ml.cleaning import CleaningRules, clean_log, format_report
@@ -21,7 +22,7 @@ from app.registry import repository as registry
 from app.settings import DEFAULT_EVENT_WEIGHTS, Settings, load_settings
 from app.trainer.pipeline import cleaning_rules, read_training_data
 from app.trainer.worker import Worker
-from tests.e2e.support import BASE_TIME, enqueue, job_row, load_chain_world, tiny
+from tests.e2e.support import BASE_TIME, TINY, enqueue, job_row, load_chain_world, tiny
 
 Row = tuple[str, str, str, float]
 T0 = 1_700_000_000.0
@@ -300,3 +301,28 @@ def test_a_job_cleans_its_data_and_the_admin_api_shows_the_counts(
         data = read_training_data(s, weights)
     assert data.cleaning is not None and len(data.log) == chain + stored - 30
     assert "bot" in data.log.users
+
+
+def test_reco_train_cleans_the_store_and_prints_the_report(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_reco_env: None,
+) -> None:
+    chain = load_chain_world(sessions)
+    bot = [e for e in noisy_events() if e.user_id == "bot"]
+    stored, _ = load_events(sessions, bot, source="noise")
+    monkeypatch.setenv("RECO_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("RECO_ARTIFACT_DIR", str(settings.artifact_dir))
+    for name, value in {**TINY, "train_epochs": 2}.items():
+        monkeypatch.setenv(f"RECO_{name.upper()}", str(value))
+    monkeypatch.setenv("RECO_CLEAN_REPEAT_WINDOW_S", "")  # off; the other rules keep their defaults
+
+    assert main(["train"]) == 0
+
+    out = capsys.readouterr().out
+    assert (
+        f"cleaning: read {chain + stored}, kept {chain}; dropped: types 0, bot users 1 (600 events), repeats 0, "
+        "user cap 0 events of 0 users, item cap 0 events of 0 items"
+    ) in out
