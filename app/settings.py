@@ -99,6 +99,26 @@ class Settings(BaseSettings):
     train_batch_size: int | None = Field(default=None, ge=1)
     train_time_budget_s: float | None = Field(default=None, gt=0, description="stop epochs after this long")
     train_seed: int | None = Field(default=None)
+    # data cleaning before each training run (app/ml/cleaning.py); 0 or an empty value turns a rule off
+    clean_bot_events_per_minute: int = Field(
+        default=120,
+        ge=0,
+        description="a user with more than this many events in any 60 s window is a bot: all their events "
+        "are left out of training",
+    )
+    clean_repeat_window_s: float = Field(
+        default=5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="the same user, item and event type again within this many seconds of the previous one "
+        "is a repeat: only the first is kept",
+    )
+    clean_max_events_per_user: int = Field(
+        default=10_000, ge=0, description="a user's latest events kept for training"
+    )
+    clean_max_events_per_item: int = Field(
+        default=0, ge=0, description="an item's latest events kept for training (0: no cap)"
+    )
     # serving
     model_poll_seconds: float = Field(
         default=2.0, ge=0, description="how often each API process checks for a newly active model (0: never)"
@@ -130,6 +150,19 @@ class Settings(BaseSettings):
         description="how long the cache keeps a user's latest events after their last read or event "
         "(0: always read them from the database)",
     )
+
+    @field_validator(
+        "clean_bot_events_per_minute",
+        "clean_repeat_window_s",
+        "clean_max_events_per_user",
+        "clean_max_events_per_item",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return 0  # RECO_CLEAN_...= (empty): the rule is off
+        return value
 
     @field_validator("popular_windows", mode="before")
     @classmethod

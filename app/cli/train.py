@@ -16,13 +16,14 @@ from app.datasets.movielens import read_movielens
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.events.repository import max_event_id
+from app.ml.cleaning import format_report
 from app.ml.data import InteractionLog
 from app.ml.evaluate import evaluate_report, format_table
 from app.ml.train import ProgressInfo
 from app.registry import jobs
 from app.registry import repository as registry
 from app.settings import Settings, load_settings
-from app.trainer.pipeline import read_training_data, train_config
+from app.trainer.pipeline import cleaning_rules, read_training_data, train_config
 from app.trainer.process import run_worker
 from app.trainer.worker import Worker, new_worker_id
 
@@ -139,9 +140,12 @@ def _job_table(job: dict[str, Any], model: dict[str, Any] | None) -> str:
                 lines.append(
                     f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
                 )
+        if isinstance(job["metrics"].get("cleaning"), dict):
+            lines.append(format_report(job["metrics"]["cleaning"]))
         if model:
             timing = ", ".join(f"{k} {v:.1f}" for k, v in model["timings"].items() if isinstance(v, float))
-            lines.append(f"data: {json.dumps(model['data_stats'])}")
+            data = {k: v for k, v in (model["data_stats"] or {}).items() if k != "cleaning"}
+            lines.append(f"data: {json.dumps(data)}")
             lines.append(f"seconds: {timing}")
     return "\n".join(lines)
 
@@ -227,15 +231,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except DatasetFormatError as exc:
             raise SystemExit(f"evaluate: {exc}") from None
         items = {record.item_id: record for record in records}
-        source = str(args.data)
+        source, cleaning = str(args.data), None
     else:
         engine, sessions = _open_store(settings)
         try:
             with sessions() as session:
-                data = read_training_data(session, settings.event_weights)
+                data = read_training_data(session, settings.event_weights, rules=cleaning_rules(settings))
         finally:
             engine.dispose()
         log, items, source = data.log, data.items, settings.database_url.split("@")[-1]
+        cleaning = data.cleaning
+        if not args.json and cleaning is not None:
+            print(format_report(cleaning), file=sys.stderr)
     try:
         report = evaluate_report(
             log,
@@ -248,6 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"evaluate: {exc}") from None
     report["source"] = source
+    if cleaning is not None:
+        report["cleaning"] = cleaning  # the store's events are cleaned as the worker cleans them
     if args.json:
         print(json.dumps(report, indent=2, default=float))
     else:

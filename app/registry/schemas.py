@@ -27,7 +27,30 @@ class JobOut(BaseModel):
                     "status": "succeeded",
                     "progress": 1.0,
                     "model_version": "20261127-101500",
-                    "metrics": {"valid_NDCG@10": 0.118, "gate": {"accepted": True, "reason": "first model"}},
+                    "metrics": {
+                        "valid_NDCG@10": 0.118,
+                        "gate": {"accepted": True, "reason": "first model"},
+                        "cleaning": {
+                            "rules": {
+                                "event_types": ["add_to_cart", "click", "purchase", "rating", "view"],
+                                "bot_events_per_minute": 120,
+                                "bot_window_s": 60.0,
+                                "repeat_window_s": 5.0,
+                                "max_events_per_user": 10000,
+                                "max_events_per_item": 0,
+                            },
+                            "read": 120500,
+                            "dropped": {
+                                "types": {"events": 0, "by_type": {}},
+                                "bot_users": {"users": 1, "events": 480},
+                                "repeats": {"events": 20},
+                                "user_cap": {"users": 0, "events": 0},
+                                "item_cap": {"items": 0, "events": 0},
+                            },
+                            "kept": 120000,
+                            "seconds": 0.05,
+                        },
+                    },
                     "error": None,
                     "model_status": "active",
                 }
@@ -39,7 +62,10 @@ class JobOut(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed"]
     progress: float = Field(description="0 to 1")
     model_version: str | None = Field(description="the version this job produced")
-    metrics: dict[str, Any] = Field(description="offline validation metrics and the quality gate's verdict")
+    metrics: dict[str, Any] = Field(
+        description="offline validation metrics, the quality gate's verdict (`gate`) and what data cleaning "
+        "dropped before training (`cleaning`: the rules used, events read, dropped per rule, kept)"
+    )
     error: str | None = Field(description="why it failed (or why it was retried)")
     model_status: str | None = Field(default=None, description="the produced version's status now")
     reason: str | None = None

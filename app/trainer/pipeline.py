@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog.repository import iter_item_records
 from app.events.repository import iter_interactions
+from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.config import TrainConfig
 from app.ml.data import InteractionLog
 from app.ml.train import FitResult, ProgressInfo, fit
@@ -26,6 +28,8 @@ from app.settings import Settings
 from app.trainer.gate import decide
 
 READ_CHUNK = 50_000
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(RuntimeError):
@@ -41,6 +45,7 @@ class TrainingData:
     max_event_id: int
     skipped_types: dict[str, int]
     read_s: float
+    cleaning: dict[str, Any] | None = None  # clean_log's report: the rules used and what each dropped
 
 
 @dataclass(frozen=True)
@@ -87,37 +92,49 @@ def train_config(settings: Settings) -> TrainConfig:
     return config
 
 
-def read_training_data(
-    session: Session, event_weights: Mapping[str, float], chunk_size: int = READ_CHUNK
-) -> TrainingData:
-    """Stream every interaction (server-side cursor, no ORM objects) and every item out of the store.
+def cleaning_rules(settings: Settings) -> CleaningRules:
+    """The data cleaning the worker applies before training: the `RECO_CLEAN_*` settings (0: a rule is off)."""
+    return CleaningRules(
+        type_weights=dict(settings.event_weights),
+        bot_events_per_minute=settings.clean_bot_events_per_minute,
+        repeat_window_s=settings.clean_repeat_window_s,
+        max_events_per_user=settings.clean_max_events_per_user,
+        max_events_per_item=settings.clean_max_events_per_item,
+    )
 
-    Erased users' events are deleted from the table, so they cannot appear here. Event types whose weight is
-    0 are left out of training (and counted in `skipped_types`).
+
+def read_training_data(
+    session: Session,
+    event_weights: Mapping[str, float],
+    chunk_size: int = READ_CHUNK,
+    *,
+    rules: CleaningRules | None = None,
+) -> TrainingData:
+    """Stream every interaction (server-side cursor, no ORM objects) and every item out of the store, cleaned.
+
+    Erased users' events are deleted from the table, so they cannot appear here. Then `clean_log` applies
+    `rules` (app/ml/cleaning.py: bot users, repeats, per-user and per-item caps); its type rule always follows
+    `event_weights`: types whose weight is 0, or that the weights do not name, are left out of training
+    (counted in `skipped_types` and in the report). Without `rules` only the type rule applies.
     """
     started = time.perf_counter()
     builder = InteractionLog.builder()
     newest = 0
-    skipped: dict[str, int] = {}
-    excluded = {name for name, weight in event_weights.items() if weight <= 0}
     for chunk in iter_interactions(session, chunk_size=chunk_size):
         newest = max(newest, int(chunk[-1][0]))
-        rows = chunk
-        if excluded:
-            rows = [r for r in chunk if r[3] not in excluded]
-            for r in chunk:
-                if r[3] in excluded:
-                    skipped[r[3]] = skipped.get(r[3], 0) + 1
-        if not rows:
-            continue
         builder.extend(
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-            [r[3] for r in rows],
-            np.fromiter((r[5] for r in rows), dtype=np.float64, count=len(rows)),  # [n] epoch seconds
+            [r[1] for r in chunk],
+            [r[2] for r in chunk],
+            [r[3] for r in chunk],
+            np.fromiter((r[5] for r in chunk), dtype=np.float64, count=len(chunk)),  # [n] epoch seconds
         )
+    cleaned, report = clean_log(
+        builder.build(), replace(rules or CleaningRules(), type_weights=dict(event_weights))
+    )
+    log.info("%s (%.1f s)", format_report(report), report["seconds"])
     items = {record.item_id: record for record in iter_item_records(session)}
-    return TrainingData(builder.build(), items, newest, skipped, time.perf_counter() - started)
+    skipped = dict(report["dropped"]["types"]["by_type"])
+    return TrainingData(cleaned, items, newest, skipped, time.perf_counter() - started, report)
 
 
 def plain(value: Any) -> Any:
@@ -165,6 +182,7 @@ def describe_run(
         "catalog_items": len(data.items),
         "max_event_id": data.max_event_id,
         "skipped_types": data.skipped_types,
+        "cleaning": data.cleaning,
     }
     timings = {"read_s": data.read_s, **result.timings, "save_s": save_s}
     return plain(stats), plain(timings)
@@ -212,6 +230,8 @@ def register(
         status = "rejected"
     if lease is not None:
         summary = {**metrics, "gate": {"accepted": decision.accept, "reason": decision.reason}}
+        if data_stats.get("cleaning") is not None:
+            summary["cleaning"] = data_stats["cleaning"]  # shown by GET /v1/admin/jobs/{id}
         if not jobs.finish(session, lease, model_version=version, metrics=summary):
             raise LeaseLost(f"job {lease.job_id}: the lease of attempt {lease.attempt} was lost")
     return Outcome(version, status, decision.reason, metrics, data_stats, timings, previous)

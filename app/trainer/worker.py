@@ -28,6 +28,7 @@ from app.settings import Settings
 from app.trainer.pipeline import (
     LeaseLost,
     Outcome,
+    cleaning_rules,
     describe_run,
     fit_data,
     plain,
@@ -167,7 +168,9 @@ class Worker:
         saved: Path | None = None
         try:
             with self.sessions() as session:
-                data = read_training_data(session, self.settings.event_weights)
+                data = read_training_data(
+                    session, self.settings.event_weights, rules=cleaning_rules(self.settings)
+                )
             heartbeat.progress = 0.1
             heartbeat.beat()
             log.info(
