@@ -13,28 +13,43 @@ from app.ml.windows import Sequences, last_windows
 
 @torch.inference_mode()
 def user_queries(
-    model: TwoTower | RecModel, sequences: Sequences, device: torch.device, batch: int = 256
+    model: TwoTower | RecModel,
+    sequences: Sequences,
+    device: torch.device,
+    batch: int = 256,
+    users: np.ndarray | None = None,
 ) -> Tensor:
     """Query vectors (u, 1) of each sequence's latest interactions ([U, d+1], on `device`)."""
     model.eval()
     items, types = last_windows(sequences, model.cfg.max_len)
     table = model.item_vectors(None)  # [N, D+1]
-    out = []
+    lengths = (items >= 0).sum(axis=1)  # [U]
+    # Shortest first, and each batch cut to its longest history: windows are left-padded, so the all-padding
+    # columns change nothing but the cost (most users' histories are far shorter than max_len).
+    order = np.argsort(lengths, kind="stable")
+    out = torch.empty(len(items), model.dim, device=device)
     for start in range(0, len(items), batch):
-        it = torch.from_numpy(items[start : start + batch]).to(device)
-        ty = torch.from_numpy(types[start : start + batch]).to(device)
-        valid = it >= 0  # [B, L]
+        rows = order[start : start + batch]
+        width = max(int(lengths[rows].max()), 1)
+        it = torch.from_numpy(items[rows, -width:]).to(device)
+        ty = torch.from_numpy(types[rows, -width:]).to(device)
+        valid = it >= 0  # [B, W]
         type_ids = torch.where(ty >= 0, ty, torch.full_like(ty, model.n_types))
-        states = model.encode(table[it.clamp(min=0)], type_ids, valid)  # [B, L, d]
-        out.append(model.query(states[:, -1].float()))  # [B, D+1]
-    return torch.cat(out) if out else torch.empty(0, model.dim, device=device)
+        owners = None if users is None else torch.from_numpy(np.asarray(users)[rows]).to(device)
+        states = model.encode(table[it.clamp(min=0)], type_ids, valid, owners)  # [B, W, d]
+        out[torch.from_numpy(rows).to(device)] = model.query(states[:, -1].float())  # [B, D+1]
+    return out
 
 
 def evaluate_model(
-    model: TwoTower | RecModel, sequences: Sequences, targets: np.ndarray, device: torch.device
+    model: TwoTower | RecModel,
+    sequences: Sequences,
+    targets: np.ndarray,
+    device: torch.device,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of the model: rank each target after removing the items of its sequence."""
-    queries = user_queries(model, sequences, device)  # [U, d+1]
+    queries = user_queries(model, sequences, device, users=users)  # [U, d+1]
     with torch.inference_mode():
         table = model.item_vectors(None).float()  # [N, D+1]
 

@@ -19,6 +19,7 @@ class Windows:
     types: np.ndarray  # [W, L] int64
     targets: np.ndarray  # [W, L] int64
     target_types: np.ndarray  # [W, L] int64
+    users: np.ndarray | None = None  # [W] int64 hashed user rows (models with a user-ID table)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -28,16 +29,20 @@ class Windows:
         return (self.items >= 0).sum(axis=1)  # [W]
 
 
-def make_windows(sequences: Sequences, max_len: int) -> Windows:
-    """Cut every sequence into windows of `max_len` inputs, each position predicting the next item."""
+def make_windows(sequences: Sequences, max_len: int, users: np.ndarray | None = None) -> Windows:
+    """Cut every sequence into windows of `max_len` inputs, each position predicting the next item.
+
+    `users` ([S], one hashed user row per sequence) labels each window with its sequence's user row."""
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for items, types in sequences:
+    owners: list[int] = []
+    for s, (items, types) in enumerate(sequences):
         end = len(items) - 1
         while end > 0:
             start = max(0, end - max_len)
             rows.append(
                 (items[start:end], types[start:end], items[start + 1 : end + 1], types[start + 1 : end + 1])
             )
+            owners.append(s)
             end = start
     n = len(rows)
     out = [np.full((n, max_len), -1, dtype=np.int64) for _ in range(4)]
@@ -45,7 +50,8 @@ def make_windows(sequences: Sequences, max_len: int) -> Windows:
         length = len(row[0])
         for array, values in zip(out, row, strict=True):
             array[w, max_len - length :] = values
-    return Windows(*out)
+    labels = None if users is None else np.asarray(users, dtype=np.int64)[np.asarray(owners, dtype=np.int64)]
+    return Windows(out[0], out[1], out[2], out[3], users=labels)
 
 
 def last_windows(sequences: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
