@@ -28,6 +28,7 @@ class ModelConfig:
     max_features: int = 32
     id_dropout: float = 0.1
     members: int = 1
+    user_buckets: int = 0  # hashed user-ID rows added to the sequence state; 0 = the user is their sequence
 
     def __post_init__(self) -> None:
         if self.d <= 0 or self.d % self.heads != 0:
@@ -47,11 +48,12 @@ class TrainConfig:
     """Optimisation, loss, data and device settings of one training run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
+    batch_positions: int = 2048  # a batch grows past batch_size windows until it holds this many positions
     patience: int = 8
     eval_every: int = 1
     min_epochs: int = 1
@@ -67,6 +69,15 @@ class TrainConfig:
     bucket_by_length: bool = True
     mask_seen: bool = True
     time_budget_s: float | None = None
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    # Refit on train + valid: N > 0 continues N epochs from the early-stopped weights; 0 retrains from scratch
+    # for the epoch count validation chose (twice the cost). Ignored when refit_on_all is False.
+    refit_epochs: int = 2
+    valid_max_users: int = 20_000  # validate on a fixed sample of this many users when there are more
+    # Warm-started (incremental) retrains: passes over (users with new events + a replay sample of the rest).
+    incremental_epochs: int = 4
+    replay_ratio: float = 1.0  # replayed older windows per window with new events
+    incremental_lr_scale: float = 0.5
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -74,6 +85,13 @@ class TrainConfig:
                 f"TrainConfig: lr={self.lr}, epochs={self.epochs}, batch_size={self.batch_size}, "
                 f"patience={self.patience} must all be positive"
             )
+        if self.refit_epochs < 0 or self.incremental_epochs < 1 or self.replay_ratio < 0:
+            raise ValueError(
+                f"TrainConfig: refit_epochs={self.refit_epochs} must be >= 0, incremental_epochs="
+                f"{self.incremental_epochs} >= 1 and replay_ratio={self.replay_ratio} >= 0"
+            )
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"TrainConfig.time_budget_s: {self.time_budget_s} must be positive (or None)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: {self.device!r} is not one of 'auto', 'cpu', 'cuda'")
         for name, weight in self.event_weights.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -151,6 +152,7 @@ class Split:
     offsets: np.ndarray  # [U + 1] int64 CSR offsets into items/types
     items: np.ndarray  # [nnz] int64 item codes
     types: np.ndarray  # [nnz] int64 type codes
+    times: np.ndarray | None = None  # [nnz] float64 epoch seconds of each kept interaction (warm starts)
 
     @property
     def n_users(self) -> int:
@@ -168,6 +170,12 @@ class Split:
     def sequences(self, drop_last: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Every user's sequence without its last `drop_last` interactions (2 = training, 1 = train+valid)."""
         return [self.sequence(u, drop_last) for u in range(self.n_users)]
+
+    def user_rows(self, buckets: int) -> np.ndarray | None:
+        """Each user's row of a hashed user-ID table of `buckets` rows ([U] int64; None when there is none)."""
+        if buckets <= 0:
+            return None
+        return np.array([zlib.crc32(u.encode("utf-8")) % buckets for u in self.user_ids], dtype=np.int64)
 
     @property
     def valid_items(self) -> np.ndarray:
@@ -209,6 +217,7 @@ def leave_one_out_split(
     users = log.user_codes[order]
     items = log.item_codes[order]
     types = log.type_codes[order]
+    times = log.timestamps[order]
     pair = users * max(len(item_ids), 1) + items  # [n]
     _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
     if type_strength is not None:
@@ -224,11 +233,11 @@ def leave_one_out_split(
         types[first] = chosen
     keep = np.zeros(n, dtype=bool)
     keep[first] = True
-    users, items, types = users[keep], items[keep], types[keep]
+    users, items, types, times = users[keep], items[keep], types[keep], times[keep]
     counts = np.bincount(users, minlength=len(log.users))  # [n_users]
     kept_users = np.flatnonzero(counts >= min_interactions)
     row_keep = counts[users] >= min_interactions
-    users, items, types = users[row_keep], items[row_keep], types[row_keep]
+    users, items, types, times = users[row_keep], items[row_keep], types[row_keep], times[row_keep]
     offsets = np.zeros(kept_users.shape[0] + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(counts[kept_users])
     return Split(
@@ -238,4 +247,5 @@ def leave_one_out_split(
         offsets=offsets,
         items=items,
         types=types,
+        times=times,
     )

@@ -86,7 +86,13 @@ def model_rows(
     for seed in seeds:
         t0 = time.perf_counter()
         result = fit_split(split, items, replace(config, seed=seed), holdout=1, progress=progress)
-        test = evaluate_model(result.model, split.sequences(1), split.test_items, torch.device("cpu"))
+        test = evaluate_model(
+            result.model,
+            split.sequences(1),
+            split.test_items,
+            torch.device("cpu"),
+            users=split.user_rows(config.model.user_buckets),
+        )
         rows.append(
             {
                 "method": "Reco (SASRec two-tower)",
@@ -95,6 +101,8 @@ def model_rows(
                 "valid_NDCG@10": result.metrics.get("valid_NDCG@10", 0.0),
                 "best_epoch": result.metrics["best_epoch"],
                 "sequences_per_s": result.metrics["sequences_per_s"],
+                "positions_per_s": result.metrics.get("positions_per_s", 0.0),
+                "stopped_by": result.metrics.get("stopped_by"),
                 "seconds": time.perf_counter() - t0,
             }
         )
