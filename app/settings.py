@@ -97,7 +97,18 @@ class Settings(BaseSettings):
         description="ensemble members (2 reach the ml-100k bar; twice the training time)",
     )
     train_batch_size: int | None = Field(default=None, ge=1)
-    train_time_budget_s: float | None = Field(default=None, gt=0, description="stop epochs after this long")
+    train_time_budget_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="a training run's time budget (all stages): when spent, the run ends with the best weights "
+        "so far and the job says so",
+    )
+    retrain_full_every: int = Field(
+        default=10,
+        ge=0,
+        description="every Nth retrain is full (from scratch), the others incremental (warm-started from the "
+        "active version); 0 = always incremental when possible, 1 = always full",
+    )
     train_seed: int | None = Field(default=None)
     # data cleaning before each training run (app/ml/cleaning.py); 0 or an empty value turns a rule off
     clean_bot_events_per_minute: int = Field(

@@ -138,6 +138,10 @@ class TrainingJob(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     model_version: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What the request asked for ({"mode": "full" | "incremental", "time_budget_s": ...}; migration 0005).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Live state while running (stage, epoch, ETA) and the run's data report once done (migration 0005).
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(128))

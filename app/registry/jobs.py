@@ -64,7 +64,12 @@ def latest_job(session: Session) -> TrainingJob | None:
 
 
 def enqueue(
-    session: Session, *, trigger: str, reason: str | None, max_event_id: int | None
+    session: Session,
+    *,
+    trigger: str,
+    reason: str | None,
+    max_event_id: int | None,
+    params: dict[str, Any] | None = None,
 ) -> tuple[TrainingJob, bool]:
     """Queue a training job, or return the open one; `(job, created)`. Race-free on both stores."""
     if trigger not in TRIGGERS:
@@ -86,6 +91,7 @@ def enqueue(
                 metrics={},
                 attempts=0,
                 max_event_id=max_event_id,
+                params=params or {},
                 created_at=utcnow(),
             )
             .on_conflict_do_nothing()
@@ -144,19 +150,30 @@ def _held(lease: Lease) -> Any:
     )
 
 
-def heartbeat(session: Session, lease: Lease, progress: float | None = None) -> bool:
-    """Refresh the lease (and the progress); False when the job is no longer ours."""
+def heartbeat(
+    session: Session, lease: Lease, progress: float | None = None, detail: dict[str, Any] | None = None
+) -> bool:
+    """Refresh the lease (and the progress and live detail); False when the job is no longer ours."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = max(0.0, min(1.0, progress))
+    if detail is not None:
+        values["detail"] = detail
     result = session.execute(
         update(TrainingJob).where(_held(lease)).values(**values).execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def finish(session: Session, lease: Lease, *, model_version: str | None, metrics: dict[str, Any]) -> bool:
-    """Mark the job succeeded with its version and metrics; False when the lease was lost."""
+def finish(
+    session: Session,
+    lease: Lease,
+    *,
+    model_version: str | None,
+    metrics: dict[str, Any],
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Mark the job succeeded with its version, metrics and final detail; False when the lease was lost."""
     result = session.execute(
         update(TrainingJob)
         .where(_held(lease))
@@ -165,6 +182,7 @@ def finish(session: Session, lease: Lease, *, model_version: str | None, metrics
             progress=1.0,
             model_version=model_version,
             metrics=metrics,
+            **({"detail": detail} if detail is not None else {}),
             error=None,
             finished_at=utcnow(),
             heartbeat_at=utcnow(),
@@ -245,6 +263,8 @@ def job_summary(job: TrainingJob) -> dict[str, Any]:
         "progress": float(job.progress or 0.0),
         "model_version": job.model_version,
         "metrics": dict(job.metrics or {}),
+        "params": dict(job.params or {}),
+        "detail": dict(job.detail or {}),
         "error": job.error,
         "reason": job.reason,
         "trigger": job.trigger,

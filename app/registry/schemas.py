@@ -14,6 +14,18 @@ class RetrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "catalog refresh"}]})
 
     reason: str | None = Field(default=None, max_length=500, description="why; shown on the job")
+    mode: Literal["full", "incremental"] | None = Field(
+        default=None,
+        description="incremental: continue from the active version's weights on the new events plus a replay "
+        "sample; full: from scratch. Default: incremental when a compatible active version exists (and a full "
+        "retrain is not due by RECO_RETRAIN_FULL_EVERY)",
+    )
+    time_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=7 * 86400,
+        description="this job's training time budget (default RECO_TRAIN_TIME_BUDGET_S)",
+    )
 
 
 class JobOut(BaseModel):
@@ -65,6 +77,12 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] = Field(
         description="offline validation metrics, the quality gate's verdict (`gate`) and what data cleaning "
         "dropped before training (`cleaning`: the rules used, events read, dropped per rule, kept)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="what was asked: mode, time_budget_s")
+    detail: dict[str, Any] = Field(
+        default_factory=dict,
+        description="while running: stage, epoch, epochs, loss, valid NDCG@10, elapsed_s, eta_s; when done: "
+        "mode run, why training stopped, what data cleaning dropped",
     )
     error: str | None = Field(description="why it failed (or why it was retried)")
     model_status: str | None = Field(default=None, description="the produced version's status now")

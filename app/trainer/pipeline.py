@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.artifacts import load_version
 from app.catalog.repository import iter_item_records
 from app.events.repository import iter_interactions
 from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.config import TrainConfig
 from app.ml.data import InteractionLog
-from app.ml.train import FitResult, ProgressInfo, fit
+from app.ml.train import FitResult, ProgressInfo, WarmStart, fit
 from app.records import ItemRecord
 from app.registry import jobs
 from app.registry import repository as registry
@@ -79,8 +80,7 @@ def train_config(settings: Settings) -> TrainConfig:
         device=settings.train_device,
         threads=settings.train_threads,
     )
-    if settings.train_time_budget_s is not None:
-        config = replace(config, time_budget_s=settings.train_time_budget_s)
+    config = replace(config, time_budget_s=settings.train_time_budget_s)
     if settings.train_epochs is not None:
         config = replace(config, epochs=settings.train_epochs)
     if settings.train_patience is not None:
@@ -160,16 +160,90 @@ def plain(value: Any) -> Any:
 
 
 def stage_progress(info: ProgressInfo) -> float:
-    """Map a training progress report onto the job's 0..1 (reading 0-0.1, train 0.1-0.7, refit 0.7-0.9)."""
-    frac = info.epoch / max(info.epochs, 1)
-    return 0.1 + 0.6 * frac if info.stage == "train" else 0.7 + 0.2 * frac
+    """Map a training progress report onto the job's 0..1 (reading 0-0.1, train 0.1-0.8, refit 0.8-0.95).
+
+    Early stopping and the time budget end a stage before its last epoch: the elapsed share of the time
+    (elapsed / (elapsed + ETA)) moves the bar then, so it never sits near 0.1 while a long stage runs.
+    """
+    by_epoch = info.epoch / max(info.epochs, 1)
+    by_time = info.elapsed_s / max(info.elapsed_s + info.eta_s, 1e-9)
+    frac = max(by_epoch, by_time) if info.stage.startswith("train") else by_epoch
+    return 0.1 + 0.7 * frac if info.stage.startswith("train") else 0.8 + 0.15 * frac
+
+
+def progress_detail(info: ProgressInfo) -> dict[str, Any]:
+    """The job's live `detail`: stage, epoch, loss, validation NDCG@10, elapsed and ETA."""
+    return {
+        "stage": info.stage,
+        "epoch": info.epoch,
+        "epochs": info.epochs,
+        "loss": round(info.loss, 5),
+        "valid_NDCG@10": None if info.valid is None else round(info.valid["NDCG@10"], 5),
+        "best_valid_NDCG@10": round(info.best_ndcg10, 5),
+        "elapsed_s": round(info.elapsed_s, 1),
+        "eta_s": round(info.eta_s, 1),
+        "sequences_per_s": round(info.sequences_per_s, 1),
+    }
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a job trains: full or incremental (from `base`, the active version), and why."""
+
+    mode: str
+    why: str
+    base: str | None = None
+    since: float | None = None
+
+
+def plan_run(session: Session, settings: Settings, params: Mapping[str, Any]) -> RunPlan:
+    """Choose full or incremental: what the job asked for, else incremental when an active version exists
+    that recorded its newest event time, unless RECO_RETRAIN_FULL_EVERY says a full retrain is due."""
+    asked = params.get("mode")
+    active = registry.active_row(session)
+    if asked == "full":
+        return RunPlan("full", "asked for")
+    if active is None:
+        return RunPlan("full", "no active version to start from")
+    since = (active.data_stats or {}).get("max_event_ts")
+    if since is None:
+        return RunPlan("full", f"the active version {active.version} did not record its newest event time")
+    if asked != "incremental":
+        every = settings.retrain_full_every
+        if every == 1:
+            return RunPlan("full", "RECO_RETRAIN_FULL_EVERY=1")
+        if every > 1:
+            chain = 0
+            for row in registry.list_versions(session):  # newest first
+                if (row.metrics or {}).get("mode") != "incremental":
+                    break
+                chain += 1
+            if chain + 1 >= every:
+                return RunPlan(
+                    "full", f"{chain} incremental version(s) in a row: RECO_RETRAIN_FULL_EVERY={every}"
+                )
+    return RunPlan(
+        "incremental",
+        "asked for" if asked else "a compatible active version exists",
+        active.version,
+        float(since),
+    )
+
+
+def warm_start_from(path: Path, since: float | None) -> WarmStart:
+    """The active version's weights, item ids and event types, to continue from."""
+    loaded = load_version(path)
+    return WarmStart(loaded.model, list(loaded.item_ids), list(loaded.type_names), since)
 
 
 def fit_data(
-    data: TrainingData, config: TrainConfig, progress: Callable[[ProgressInfo], None] | None
+    data: TrainingData,
+    config: TrainConfig,
+    progress: Callable[[ProgressInfo], None] | None,
+    warm: WarmStart | None = None,
 ) -> FitResult:
-    """Fit the serving model on the data read from the store."""
-    return fit(data.log, data.items, config, progress)
+    """Fit the serving model on the data read from the store (continuing from `warm` when given)."""
+    return fit(data.log, data.items, config, progress, warm=warm)
 
 
 def describe_run(
@@ -181,6 +255,7 @@ def describe_run(
         "raw_interactions": len(data.log),
         "catalog_items": len(data.items),
         "max_event_id": data.max_event_id,
+        "max_event_ts": float(data.log.timestamps.max()) if len(data.log) else None,
         "skipped_types": data.skipped_types,
         "cleaning": data.cleaning,
     }
@@ -232,7 +307,13 @@ def register(
         summary = {**metrics, "gate": {"accepted": decision.accept, "reason": decision.reason}}
         if data_stats.get("cleaning") is not None:
             summary["cleaning"] = data_stats["cleaning"]  # shown by GET /v1/admin/jobs/{id}
-        if not jobs.finish(session, lease, model_version=version, metrics=summary):
+        detail: dict[str, Any] = {
+            key: metrics[key]
+            for key in ("mode", "mode_reason", "warm_started_from", "stopped_by", "time_budget_s", "refit")
+            if key in metrics
+        }
+        detail["stage"] = "done"
+        if not jobs.finish(session, lease, model_version=version, metrics=summary, detail=detail):
             raise LeaseLost(f"job {lease.job_id}: the lease of attempt {lease.attempt} was lost")
     return Outcome(version, status, decision.reason, metrics, data_stats, timings, previous)
 

@@ -10,17 +10,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import save_version
+from app.artifacts.store import ArtifactError
 from app.db.engine import run_transaction
 from app.db.tables import utcnow
-from app.ml.train import ProgressInfo
+from app.ml.config import TrainConfig
+from app.ml.train import ProgressInfo, WarmStart, WarmStartError
 from app.registry import jobs
 from app.registry import repository as registry
 from app.registry.jobs import Lease
@@ -28,14 +31,19 @@ from app.settings import Settings
 from app.trainer.pipeline import (
     LeaseLost,
     Outcome,
+    RunPlan,
+    artifact_path,
     cleaning_rules,
     describe_run,
     fit_data,
     plain,
+    plan_run,
+    progress_detail,
     read_training_data,
     register,
     stage_progress,
     train_config,
+    warm_start_from,
 )
 from app.trainer.retention import clean_temp_dirs, prune_versions
 from app.trainer.schedule import maybe_enqueue
@@ -71,13 +79,16 @@ class Heartbeat(threading.Thread):
         self.lease = lease
         self.interval_s = interval_s
         self.progress = 0.0
+        self.detail: dict[str, Any] | None = None  # the job's live detail (stage, epoch, ETA)
         self.lost = threading.Event()
         self._done = threading.Event()
 
     def beat(self) -> None:
         """One lease refresh now (also used to publish progress promptly)."""
         try:
-            held = run_transaction(self.sessions, lambda s: jobs.heartbeat(s, self.lease, self.progress))
+            held = run_transaction(
+                self.sessions, lambda s: jobs.heartbeat(s, self.lease, self.progress, self.detail)
+            )
         except SQLAlchemyError as exc:  # a database blip: the lease survives until it expires
             log.warning("job %s: heartbeat failed: %s", self.lease.job_id, str(exc).splitlines()[0])
             return
@@ -180,7 +191,20 @@ class Worker:
                 len(data.items),
                 data.read_s,
             )
-            result = fit_data(data, train_config(self.settings), self._progress(lease, heartbeat))
+            config, warm, plan = self._plan(lease)
+            heartbeat.detail = {"stage": "train", "mode": plan.mode, "mode_reason": plan.why}
+            report = self._progress(lease, heartbeat, plan)
+            try:
+                result = fit_data(data, config, report, warm)
+            except WarmStartError as exc:
+                log.warning("job %s: %s; falling back to a full retrain", lease.job_id, exc)
+                plan = RunPlan("full", f"warm start refused ({exc})")
+                heartbeat.detail = {"stage": "train", "mode": plan.mode, "mode_reason": plan.why}
+                report = self._progress(lease, heartbeat, plan)
+                result = fit_data(data, config, report, None)
+            result.metrics["mode_reason"] = plan.why
+            if plan.base is not None and result.metrics.get("mode") == "incremental":
+                result.metrics["warm_started_from"] = plan.base
             started = time.perf_counter()
             saved = save_version(result, self.artifact_dir)
             stats, timings = describe_run(data, result, time.perf_counter() - started)
@@ -233,9 +257,31 @@ class Worker:
             return  # unknown: leave it to retention rather than risk deleting a registered version
         shutil.rmtree(saved, ignore_errors=True)
 
-    def _progress(self, lease: Lease, heartbeat: Heartbeat) -> Callable[[ProgressInfo], None]:
+    def _plan(self, lease: Lease) -> tuple[TrainConfig, WarmStart | None, RunPlan]:
+        """The job's config (its own time budget, if it asked) and whether it warm-starts, and from what."""
+        with self.sessions() as session:
+            job = jobs.get_job(session, lease.job_id)
+            params = dict(job.params or {}) if job is not None else {}
+            plan = plan_run(session, self.settings, params)
+        config = train_config(self.settings)
+        if params.get("time_budget_s"):
+            config = replace(config, time_budget_s=float(params["time_budget_s"]))
+        warm = None
+        if plan.mode == "incremental" and plan.base is not None:
+            try:
+                warm = warm_start_from(artifact_path(self.settings, plan.base), plan.since)
+            except (ArtifactError, OSError, ValueError) as exc:
+                log.warning(
+                    "job %s: cannot load %s to warm-start (%s); full retrain", lease.job_id, plan.base, exc
+                )
+                plan = RunPlan("full", f"the active version could not be loaded ({exc})")
+        log.info("job %s: %s retrain (%s)", lease.job_id, plan.mode, plan.why)
+        return config, warm, plan
+
+    def _progress(self, lease: Lease, heartbeat: Heartbeat, plan: RunPlan) -> Callable[[ProgressInfo], None]:
         def report(info: ProgressInfo) -> None:
             heartbeat.progress = stage_progress(info)
+            heartbeat.detail = {**progress_detail(info), "mode": plan.mode, "mode_reason": plan.why}
             if self.on_progress is not None:
                 self.on_progress(info)
             valid = f" valid NDCG@10 {info.valid['NDCG@10']:.4f}" if info.valid else ""

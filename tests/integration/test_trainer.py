@@ -335,3 +335,89 @@ def test_a_worker_that_lost_its_lease_drops_its_result(
     job = job_row(sessions, job_id)
     assert job["status"] == "running" and job["attempts"] == 2  # untouched: it belongs to the other worker
     assert versions(sessions) == {} and list_versions(settings.artifact_dir) == []
+
+
+def add_late_users(sessions: sessionmaker[Session], n: int) -> None:
+    """`n` new users walking the chains a day after the stored world's events."""
+    from app.events.service import load_events
+    from app.records import EventRecord
+    from tests.e2e.support import chain_events
+
+    later = [
+        EventRecord(f"late-{e.user_id}", e.item_id, e.type, e.timestamp + timedelta(days=1))
+        for e in chain_events(n_users=n, seed=9)
+    ]
+    load_events(sessions, later, source="late")
+
+
+def test_second_job_warm_starts_from_the_active_version(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    load_chain_world(sessions, n_users=60)
+    first = enqueue(sessions, "api")
+    run_one(settings, sessions)
+    assert job_row(sessions, first)["detail"]["mode"] == "full"
+    add_late_users(sessions, 20)  # new users walk the chains after the first model
+    second = enqueue(sessions, "api")
+    run_one(settings, sessions)
+    job = job_row(sessions, second)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["detail"]["mode"] == "incremental" and job["detail"]["stage"] == "done"
+    assert job["metrics"]["warm_started_from"] == job_row(sessions, first)["model_version"]
+    assert job["metrics"]["users_with_new_events"] == 20
+    assert job["metrics"]["valid_NDCG@10"] > 0.5
+    with sessions() as s:
+        assert registry.active_version(s) == job["model_version"]
+
+
+def test_full_mode_asked_and_full_every(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    load_chain_world(sessions, n_users=60)
+    enqueue(sessions, "api")
+    run_one(settings, sessions)
+    job, _ = run_transaction(
+        sessions,
+        lambda s: jobs.enqueue(s, trigger="api", reason="t", max_event_id=0, params={"mode": "full"}),
+    )
+    job_id = job.job_id
+    run_one(settings, sessions)
+    row = job_row(sessions, job_id)
+    assert row["params"] == {"mode": "full"}
+    assert row["detail"]["mode"] == "full" and row["detail"]["mode_reason"] == "asked for"
+    # RECO_RETRAIN_FULL_EVERY=1: every retrain is full even though a compatible version is active.
+    third = enqueue(sessions, "api")
+    run_one(settings, sessions, retrain_full_every=1)
+    assert job_row(sessions, third)["detail"]["mode_reason"] == "RECO_RETRAIN_FULL_EVERY=1"
+
+
+def test_another_architecture_falls_back_to_a_full_retrain(
+    settings: Settings, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    load_chain_world(sessions, n_users=60)
+    enqueue(sessions, "api")
+    run_one(settings, sessions)
+    add_late_users(sessions, 10)
+    job_id = enqueue(sessions, "api")
+    with caplog.at_level("WARNING", logger="app.trainer.worker"):
+        run_one(settings, sessions, train_dim=8)  # the active version has d=16
+    job = job_row(sessions, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["detail"]["mode"] == "full" and "warm start refused" in job["detail"]["mode_reason"]
+    assert any("falling back to a full retrain" in r.getMessage() for r in caplog.records)
+
+
+def test_time_budget_ends_the_run_and_activates_a_usable_model(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    load_chain_world(sessions)
+    job, _ = run_transaction(
+        sessions,
+        lambda s: jobs.enqueue(s, trigger="api", reason="t", max_event_id=0, params={"time_budget_s": 1.0}),
+    )
+    run_one(settings, sessions, train_epochs=10_000, train_patience=10_000)
+    row = job_row(sessions, job.job_id)
+    assert row["status"] == "succeeded", row["error"]
+    assert row["metrics"]["stopped_by"] == "time_budget" and row["detail"]["stopped_by"] == "time_budget"
+    assert row["metrics"]["time_budget_s"] == 1.0
+    assert row["metrics"]["valid_NDCG@10"] > 0.1  # usable, not random
+    with sessions() as s:
+        assert registry.active_version(s) == row["model_version"]

@@ -66,9 +66,12 @@ def retrain(request: Request, body: Annotated[RetrainIn | None, Body()] = None) 
     """Queue a training job; while one is queued or running, that job is returned instead."""
     state = get_state(request)
     reason = body.reason if body is not None else None
+    params = body.model_dump(include={"mode", "time_budget_s"}, exclude_none=True) if body is not None else {}
 
     def work(session: Any) -> dict[str, Any]:
-        job, _ = jobs.enqueue(session, trigger="api", reason=reason, max_event_id=max_event_id(session))
+        job, _ = jobs.enqueue(
+            session, trigger="api", reason=reason, max_event_id=max_event_id(session), params=params
+        )
         return JobOut(**jobs.job_summary(job)).model_dump(mode="json")
 
     return JSONResponse(run_transaction(state.sessions, work), status_code=202)
