@@ -226,12 +226,21 @@ def cmd_import_movielens(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's first model trains under a short budget so personalised answers come within about a minute;
+# later retrains use RECO_TRAIN_TIME_BUDGET_S.
+DEMO_FIRST_BUDGET_S = 45.0
+
+
 def queue_first_training(session: Session) -> str | None:
     """Queue a training job when no model is active yet; returns its id (None when a model exists)."""
     if active_version(session) is not None:
         return None
     job, _ = jobs.enqueue(
-        session, trigger="demo", reason="first model of the demo", max_event_id=max_event_id(session)
+        session,
+        trigger="demo",
+        reason="first model of the demo",
+        max_event_id=max_event_id(session),
+        params={"time_budget_s": DEMO_FIRST_BUDGET_S},
     )
     return job.job_id
 
@@ -256,7 +265,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     key = run_transaction(sessions, lambda s: create_key(s, frozenset({"admin"}), "demo"))
     first = run_transaction(sessions, queue_first_training)
     if first is not None:
-        print(f"training job {first} queued: popular items answer until the first model is active")
+        print(
+            f"training job {first} queued: popular items answer until the first model is active, in about "
+            f"{DEMO_FIRST_BUDGET_S + 15:.0f} s (a {DEMO_FIRST_BUDGET_S:.0f} s training budget, then the quality "
+            "gate and activation; GET /v1/admin/jobs/<id> shows its stage, epoch and ETA)"
+        )
     engine.dispose()
     print(f"admin key for this demo (also valid later):\n{key}")
     if not args.no_serve:

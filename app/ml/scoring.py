@@ -57,4 +57,6 @@ def evaluate_model(
         with torch.inference_mode():
             return (queries[torch.from_numpy(users).to(device)] @ table.T).cpu().numpy()  # [B, N]
 
-    return evaluate_ranking(score, targets, [items for items, _ in sequences])
+    # [B, N] scores a batch: keep a batch's float64 copy near 256 MB whatever the catalog's size.
+    batch = max(16, min(512, (1 << 25) // max(int(table.shape[0]), 1)))
+    return evaluate_ranking(score, targets, [items for items, _ in sequences], batch_size=batch)

@@ -186,8 +186,12 @@ def _incremental_windows(
     }
 
 
-def _valid_sample(n_users: int, limit: int, seed: int) -> np.ndarray:
-    """A fixed sample of users to validate on (all when there are at most `limit`)."""
+def _valid_sample(n_users: int, limit: int, seed: int, n_items: int = 0) -> np.ndarray:
+    """A fixed sample of users to validate on (all when there are at most `limit`).
+
+    Full-ranking validation costs users x items: past 2e9 scores an epoch the sample shrinks (1M items:
+    2,000 users), never below 1,000 users."""
+    limit = min(limit, max(1000, int(2e9 // max(n_items, 1))))
     if n_users <= limit:
         return np.arange(n_users)
     return np.sort(np.random.default_rng([seed, 17]).choice(n_users, size=limit, replace=False))
@@ -209,7 +213,7 @@ def _train_member(
     """Train one member: validation stage (early stopping on NDCG@10), then the refit on train + valid."""
     train_seqs = split.sequences(drop_last=holdout + 1)
     all_seqs = split.sequences(drop_last=holdout)
-    sample = _valid_sample(split.n_users, config.valid_max_users, config.seed)
+    sample = _valid_sample(split.n_users, config.valid_max_users, config.seed, split.n_items)
     valid_seqs = [train_seqs[int(u)] for u in sample]
     valid_targets = split.items[split.offsets[1:] - 1 - holdout][sample]  # [V]
     user_rows = split.user_rows(config.model.user_buckets)  # [U] or None
@@ -467,7 +471,7 @@ def fit_split(
         timings["refit_s"] = float(sum(i["refit_s"] for i in infos))
         model = RecModel.of(finals)
         train_seqs = split.sequences(drop_last=holdout + 1)
-        sample = _valid_sample(split.n_users, config.valid_max_users, config.seed)
+        sample = _valid_sample(split.n_users, config.valid_max_users, config.seed, split.n_items)
         valid_targets = split.items[split.offsets[1:] - 1 - holdout][sample]
         if len(finals) > 1:
             rows = split.user_rows(config.model.user_buckets)

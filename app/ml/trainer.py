@@ -142,7 +142,7 @@ class Trainer:
             list(self.average.parameters()) if self.average is not None else []
         )
         self._model_params = [p.detach() for p in self.model.parameters()]
-        targets = torch.from_numpy(windows.target_types[windows.targets >= 0])  # [P]
+        targets = torch.from_numpy(windows.target_types[windows.targets >= 0]).long()  # [P]
         weight_sum = float(self.type_weights.cpu()[torch.where(targets >= 0, targets, -1)].sum())
         self.weight_per_window = weight_sum / max(len(windows), 1)
         self.step = 0
@@ -253,7 +253,7 @@ class Trainer:
         self.total_steps = self.step + steps
         self.base_lr = lr
         self.warmup_steps = warmup_steps
-        targets = torch.from_numpy(windows.target_types[windows.targets >= 0])  # [P]
+        targets = torch.from_numpy(windows.target_types[windows.targets >= 0]).long()  # [P]
         weight_sum = float(self.type_weights.cpu()[torch.where(targets >= 0, targets, -1)].sum())
         self.weight_per_window = weight_sum / max(len(windows), 1)
 
@@ -329,7 +329,8 @@ class Trainer:
             # Windows are left-padded: dropping the all-padding columns changes nothing but the cost.
             width = int(self.windows.lengths[idx].max())
             batch = [
-                torch.from_numpy(a[idx, max_len - width :]).to(self.device, non_blocking=True) for a in arrays
+                torch.from_numpy(a[idx, max_len - width :]).to(self.device, non_blocking=True).long()
+                for a in arrays
             ]
             users = None
             if self.windows.users is not None:

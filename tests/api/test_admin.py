@@ -167,3 +167,17 @@ def test_activation_refuses_missing_or_corrupt_files(
     listing = api.get("/v1/admin/models").json()
     assert listing["active"] == newer  # nothing changed
     assert [m["artifact"] for m in listing["models"]] == [True, False]
+
+
+def test_retrain_takes_a_mode_and_a_time_budget(api: TestClient) -> None:
+    job = api.post("/v1/admin/retrain", json={"mode": "full", "time_budget_s": 30}).json()
+    assert job["params"] == {"mode": "full", "time_budget_s": 30.0} and job["detail"] == {}
+    shown = api.get(f"/v1/admin/jobs/{job['job_id']}").json()
+    assert shown["params"] == job["params"]
+
+
+def test_bad_mode_or_budget_is_a_422_naming_the_field(api: TestClient) -> None:
+    bad = api.post("/v1/admin/retrain", json={"mode": "fast"})
+    assert bad.status_code == 422 and "mode" in bad.json()["error"]["message"]
+    bad = api.post("/v1/admin/retrain", json={"time_budget_s": 0})
+    assert bad.status_code == 422 and "time_budget_s" in bad.json()["error"]["message"]
