@@ -152,7 +152,14 @@ def epoch_profile(log: InteractionLog, catalog: dict[str, ItemRecord], config: T
     }
 
 
-def run_dataset(name: str, config: TrainConfig, seeds: list[int], profile: bool) -> dict[str, Any]:
+def run_dataset(
+    name: str,
+    config: TrainConfig,
+    seeds: list[int],
+    profile: bool,
+    baselines: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One data set end to end; `baselines`: rows of an earlier run on the same split (not recomputed)."""
     t0 = time.perf_counter()
     log, catalog = LOADERS[name](DATA / name)
     load_s = time.perf_counter() - t0
@@ -161,7 +168,11 @@ def run_dataset(name: str, config: TrainConfig, seeds: list[int], profile: bool)
     if profile:
         out["profile"] = epoch_profile(log, catalog, config)
         print(f"  epoch profile: {json.dumps(out['profile'])}", flush=True)
-    report = evaluate_report(log, catalog, config, seeds=seeds, progress=_progress)
+    report = evaluate_report(
+        log, catalog, config, seeds=seeds, baselines=baselines is None, progress=_progress
+    )
+    if baselines is not None:
+        report["rows"] = baselines + report["rows"]
     per_seed = report["model_seeds"]
     out.update(
         report=report,
@@ -245,6 +256,19 @@ def main() -> None:
     parser.add_argument("--user-buckets", type=int, default=None, help="hashed user-ID rows (0 = off)")
     parser.add_argument("--refit-epochs", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--reuse-baselines",
+        type=Path,
+        default=None,
+        help="take MostPop/ItemKNN/EASE rows from this earlier JSON output (same data) instead of recomputing",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier JSON outputs whose other data sets join the docs",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "bench_train.json")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
@@ -272,7 +296,18 @@ def main() -> None:
         if not (DATA / name).exists():
             print(f"{DATA / name}: not found, skipped")
             continue
-        results["datasets"][name] = run_dataset(name, config, args.seeds, not args.no_profile)
+        reused = None
+        if args.reuse_baselines is not None:
+            earlier = json.loads(args.reuse_baselines.read_text(encoding="utf-8"))["datasets"].get(name)
+            if earlier is not None:
+                reused = [r for r in earlier["report"]["rows"] if not r["method"].startswith("Reco")]
+        results["datasets"][name] = run_dataset(name, config, args.seeds, not args.no_profile, reused)
+    for path in args.merge:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        for name, res in earlier["datasets"].items():
+            if name not in results["datasets"]:
+                res["merged_from"] = f"{path.name} ({earlier['date']})"
+                results["datasets"][name] = res
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")

@@ -67,8 +67,15 @@ def run(name: str, config: TrainConfig, seed: int) -> dict[str, Any]:
         split_all, catalog, config, holdout=1, warm=WarmStart(base.model, base.item_ids, base.type_names, cut)
     )
     out["incremental_s"] = time.perf_counter() - t0
+    # The 90% model codes items in its own split's order: map the test sequences onto it.
+    base_row = {item: row for row, item in enumerate(base.item_ids)}
+    to_base = np.array([base_row[item] for item in split_all.item_ids], dtype=np.int64)  # [N_all]
     for key, result in (("base", base), ("full", full), ("incremental", incremental)):
-        test = evaluate_model(result.model, test_seqs, split_all.test_items, cpu)
+        if key == "base":
+            seqs = [(to_base[items], types) for items, types in test_seqs]
+            test = evaluate_model(result.model, seqs, to_base[split_all.test_items], cpu)
+        else:
+            test = evaluate_model(result.model, test_seqs, split_all.test_items, cpu)
         out[key] = {"NDCG@10": test["NDCG@10"], "HR@10": test["HR@10"], "mode": result.metrics["mode"]}
     out["incremental_info"] = {
         k: incremental.metrics.get(k) for k in ("users_with_new_events", "replayed_users", "warm_start")
@@ -120,11 +127,22 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    defaults = TrainConfig()
+    parser.add_argument("--replay-ratio", type=float, default=defaults.replay_ratio)
+    parser.add_argument("--incremental-epochs", type=int, default=defaults.incremental_epochs)
+    parser.add_argument("--lr-scale", type=float, default=defaults.incremental_lr_scale)
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "bench_warm.json")
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrainConfig(threads=args.threads, seed=args.seed, device="cpu")
+    config = TrainConfig(
+        threads=args.threads,
+        seed=args.seed,
+        device="cpu",
+        replay_ratio=args.replay_ratio,
+        incremental_epochs=args.incremental_epochs,
+        incremental_lr_scale=args.lr_scale,
+    )
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "threads": args.threads,

@@ -169,10 +169,12 @@ def _incremental_windows(
     seed: int,
     users: np.ndarray | None = None,
 ) -> tuple[Windows, dict[str, int]]:
-    """Windows that hold the events newer than `since`: each such user's latest window, plus `ratio` times
-    as many windows replayed at random from the rest (so the model does not forget older tastes)."""
-    fresh = [i for i, t in enumerate(times) if len(t) > 1 and t[-1] > since]
-    stale = [i for i, t in enumerate(times) if len(t) > 1 and t[-1] <= since]
+    """Windows of the users with events newer than `since` (`times`: each user's whole sequence, the held-out
+    items included, so a user whose one new event is held out for validation still counts): each such user's
+    latest window, plus `ratio` times as many windows replayed at random from the other users (so the model
+    does not forget older tastes)."""
+    fresh = [i for i, t in enumerate(times) if len(sequences[i][0]) > 1 and t[-1] > since]
+    stale = [i for i, t in enumerate(times) if len(sequences[i][0]) > 1 and t[-1] <= since]
     rng = np.random.default_rng(seed)
     replay = min(len(stale), round(ratio * len(fresh)))
     chosen = (
@@ -227,7 +229,7 @@ def _train_member(
         times = [split.times[split.offsets[u] : split.offsets[u + 1] - holdout] for u in range(split.n_users)]
         windows, picked = _incremental_windows(
             train_seqs,
-            [t[:-1] for t in times],
+            times,
             warm.since,
             config.model.max_len,
             config.replay_ratio,
