@@ -8,8 +8,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from app.auth.keys import create_key
@@ -126,10 +126,7 @@ def _stopped(path: Path, line: int, max_errors: int) -> str:
 def cmd_import_events(args: argparse.Namespace) -> int:
     """Stream an events file into the store, chunk by chunk."""
     settings = load_settings()
-    engine = make_engine(settings)
-    if settings.is_sqlite:
-        upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    engine, sessions = _open_store(settings)
     started = time.perf_counter()
     read = stored = present = bad = 0
     failure: str | None = None
@@ -166,13 +163,18 @@ def cmd_import_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import_items(args: argparse.Namespace) -> int:
-    """Stream an items file into the catalog, chunk by chunk."""
-    settings = load_settings()
+def _open_store(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """The store's engine and sessions (SQLite is migrated on the spot, as the embedded default)."""
     engine = make_engine(settings)
     if settings.is_sqlite:
         upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    return engine, make_sessionmaker(engine)
+
+
+def cmd_import_items(args: argparse.Namespace) -> int:
+    """Stream an items file into the catalog, chunk by chunk."""
+    settings = load_settings()
+    engine, sessions = _open_store(settings)
     started = time.perf_counter()
     read = bad = new = updated = unchanged = 0
     failure: str | None = None
@@ -206,10 +208,7 @@ def cmd_import_items(args: argparse.Namespace) -> int:
 def cmd_import_movielens(args: argparse.Namespace) -> int:
     """Stream a MovieLens folder into the store."""
     settings = load_settings()
-    engine = make_engine(settings)
-    if settings.is_sqlite:
-        upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    engine, sessions = _open_store(settings)
     started = time.perf_counter()
     try:
         items, events = read_movielens(args.path, progress=True, skip_malformed=args.skip_malformed)

@@ -199,6 +199,33 @@ def _valid_sample(n_users: int, limit: int, seed: int, n_items: int = 0) -> np.n
     return np.sort(np.random.default_rng([seed, 17]).choice(n_users, size=limit, replace=False))
 
 
+def _report(
+    progress: Callable[[ProgressInfo], None],
+    stage: str,
+    epoch: int,
+    epochs: int,
+    loss: float,
+    valid: dict[str, float] | None,
+    best_ndcg: float,
+    elapsed: float,
+    eta: float,
+    windows: int,
+) -> None:
+    progress(
+        ProgressInfo(
+            stage=stage,
+            epoch=epoch,
+            epochs=epochs,
+            loss=loss,
+            valid=valid,
+            best_ndcg10=max(best_ndcg, 0.0),
+            elapsed_s=elapsed,
+            eta_s=eta,
+            sequences_per_s=epoch * windows / max(elapsed, 1e-9),
+        )
+    )
+
+
 def _train_member(
     tag: str,
     split: Split,
@@ -300,19 +327,8 @@ def _train_member(
             planned = (epochs - epoch) * elapsed / epoch + (
                 config.refit_epochs * elapsed / epoch if config.refit_on_all else 0.0
             )
-            progress(
-                ProgressInfo(
-                    stage=stage,
-                    epoch=epoch,
-                    epochs=epochs,
-                    loss=loss,
-                    valid=metrics,
-                    best_ndcg10=max(best_ndcg, 0.0),
-                    elapsed_s=elapsed,
-                    eta_s=0.0 if stop.item() else min(planned, max(budget.left(), 0.0)),
-                    sequences_per_s=epoch * len(windows) / max(elapsed, 1e-9),
-                )
-            )
+            eta = 0.0 if stop.item() else min(planned, max(budget.left(), 0.0))
+            _report(progress, stage, epoch, epochs, loss, metrics, best_ndcg, elapsed, eta, len(windows))
         if stop.item():
             break
     train_s = time.perf_counter() - started
@@ -361,18 +377,18 @@ def _train_member(
                 history.append({"stage": refit_stage, "epoch": epoch, "loss": loss, "valid": None})
                 if progress is not None and trainer.rank == 0:
                     elapsed = time.perf_counter() - t1
-                    progress(
-                        ProgressInfo(
-                            stage=refit_stage,
-                            epoch=epoch,
-                            epochs=refit_epochs,
-                            loss=loss,
-                            valid=None,
-                            best_ndcg10=max(best_ndcg, 0.0),
-                            elapsed_s=elapsed,
-                            eta_s=elapsed / epoch * (refit_epochs - epoch),
-                            sequences_per_s=epoch * len(windows) / max(elapsed, 1e-9),
-                        )
+                    eta = elapsed / epoch * (refit_epochs - epoch)
+                    _report(
+                        progress,
+                        refit_stage,
+                        epoch,
+                        refit_epochs,
+                        loss,
+                        None,
+                        best_ndcg,
+                        elapsed,
+                        eta,
+                        len(windows),
                     )
                 if budget.expired():
                     info["refit"] = f"stopped by the time budget after {epoch} epoch(s)"
