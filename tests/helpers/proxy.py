@@ -9,7 +9,13 @@ from types import TracebackType
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to `target`; `cut()` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to `target`.
+
+    `cut()` drops every connection and refuses new ones (a dead server); `hang()` keeps every connection open
+    and accepts new ones but forwards nothing (a hung server or a black-holed network) until `restore()`, which
+    delivers what was held, as TCP does once a partition heals. `seen` counts connections accepted while cut or
+    hung, so a test can show that the fault was met.
+    """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -18,6 +24,9 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._open = threading.Event()
         self._open.set()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self.seen = 0  # connections accepted while cut or hung
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -46,9 +55,19 @@ class TcpProxy:
         for sock in doomed:
             _close(sock)
 
+    @property
+    def is_hung(self) -> bool:
+        """Whether connections are held without forwarding now."""
+        return not self._flowing.is_set()
+
+    def hang(self) -> None:
+        """Accept and hold: live and new connections stay open, nothing is forwarded either way."""
+        self._flowing.clear()
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward again (new connections, and what hung connections held)."""
         self._open.set()
+        self._flowing.set()
 
     def close(self) -> None:
         """Stop the proxy and drop everything."""
@@ -66,8 +85,11 @@ class TcpProxy:
             except OSError:
                 return
             if not self._open.is_set():
+                self.seen += 1
                 _close(client)
                 continue
+            if not self._flowing.is_set():
+                self.seen += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
             except OSError:
@@ -85,6 +107,9 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                while not self._flowing.wait(0.05):
+                    if self._stop.is_set():
+                        return
                 dst.sendall(data)
         except OSError:
             pass
