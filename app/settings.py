@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=5.0, ge=0, description="how long a verified API key is remembered"
     )
+    cache_fence_lease_s: float = Field(
+        default=0.5,
+        ge=0.05,
+        le=10,
+        allow_inf_nan=False,
+        description="cached answers are trusted only while this process read the cache fence less than this "
+        "long ago (it reads it every quarter of it); a change whose cache write failed is acknowledged this "
+        "long after the fence was raised",
+    )
     embedded_worker: bool | None = Field(
         default=None, description="run the trainer inside `reco serve`; default: on for SQLite, off otherwise"
     )

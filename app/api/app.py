@@ -23,6 +23,7 @@ from app.catalog.schemas import ItemBatchIn
 from app.db.engine import make_engine, make_read_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.events.schemas import EventBatchIn
+from app.fence import AckAfterFence, Fence
 from app.index import IndexConfig
 from app.serving.polling import Poller
 from app.serving.popular import PopularTracker
@@ -62,6 +63,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         history_read=settings.history_len,
         history_seconds=settings.history_cache_seconds,
     )
+    fence = Fence(read_engine, sessions, cache, settings.cache_fence_lease_s)
     return AppState(
         settings=settings,
         engine=engine,
@@ -73,6 +75,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         popular=popular,
         read_engine=read_engine,
         recommender=Recommender(registry, popular, read_engine, cache, limits),
+        fence=fence,
     )
 
 
@@ -99,7 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = build_state(settings, metrics)
         app.state.reco = state  # for tests and benchmarks driving the registry; routes use request.state
         popular_poller = Poller("reco-popular-poll", settings.popular_poll_seconds, state.popular.poll)
+        fence_poller = Poller("reco-fence-poll", settings.cache_fence_lease_s / 4, state.fence.refresh)
         try:
+            await run_in_threadpool(state.fence.refresh)
+            fence_poller.start()
             await run_in_threadpool(state.registry.start)
             try:
                 await run_in_threadpool(state.popular.poll)
@@ -108,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             popular_poller.start()
             yield {"app": state}
         finally:
+            fence_poller.stop()
             popular_poller.stop()
             state.registry.stop()
             await state.cache.aclose()
@@ -124,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (ops, events, items, users, recommendations, admin):
         app.include_router(module.router)
+    app.add_middleware(AckAfterFence)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_manual_bodies(app)
     return app

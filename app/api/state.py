@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.metrics import Metrics
 from app.auth.keys import KeyVerifier
 from app.cache import Cache
+from app.fence import Fence
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender
 from app.serving.registry import ModelRegistry
@@ -30,3 +31,4 @@ class AppState:
     registry: ModelRegistry
     popular: PopularTracker
     recommender: Recommender
+    fence: Fence  # the cache fence (app/fence.py): when cached answers may be trusted

@@ -9,6 +9,7 @@ import hashlib
 
 PREFIX = "reco:"
 EPOCH = PREFIX + "epoch"  # bumped when a write may have been missed: every derived answer becomes unreachable
+FENCE = PREFIX + "fence"  # the cache's copy of the database fence (app/fence.py): older means bump the epoch
 
 
 def _id(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from app.cache import keys as cache_keys
 from app.cache.base import CacheStats, HistoryUpdate, UserAnswer, UserLookup
@@ -17,6 +18,8 @@ class MemoryCache:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.stats = CacheStats()
+        self.fence = 0  # see RedisCache.fence; one process's cache never misses a write
+        self.on_missed_write: Callable[[], None] | None = None
         self._max = max_entries
         self._data: OrderedDict[str, tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
@@ -77,9 +80,22 @@ class MemoryCache:
         value = self._get_raw(key)
         return value if isinstance(value, int) else 0
 
+    def _sync_fence(self) -> None:
+        """Under the lock: an older copy of the fence bumps the epoch (as the Redis scripts do)."""
+        if self.fence > self._counter(cache_keys.FENCE):
+            self._put(cache_keys.EPOCH, self._counter(cache_keys.EPOCH) + 1, None)
+            self._put(cache_keys.FENCE, self.fence, None)
+
+    def epoch(self) -> int:
+        """The epoch, after making the fence copy current."""
+        with self._lock:
+            self._sync_fence()
+            return self._counter(cache_keys.EPOCH)
+
     def lookup_user(self, user_id: str, answer_key: str, history_count: int) -> UserLookup:
         """Generation, epoch, the answer if its stamp matches, else the latest-events list if held."""
         with self._lock:
+            self._sync_fence()
             generation = self._counter(cache_keys.user_generation(user_id))
             epoch = self._counter(cache_keys.EPOCH)
             answer = self._get_raw(answer_key)

@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app.cache import keys
 from app.cache.base import CacheStats, HistoryUpdate, UserAnswer, UserLookup
@@ -21,8 +24,19 @@ T = TypeVar("T")
 _INCR_ALL = "for _, key in ipairs(KEYS) do redis.call('INCR', key) end return #KEYS"
 
 # The user scripts build the list key from the epoch they read (prefix .. epoch): standalone Redis only.
-# KEYS: generation, epoch, answer; ARGV: list prefix, history count.
-_LOOKUP_USER = """
+# Make the cache's copy of the fence current (KEYS[2]: epoch, KEYS[fence_key]: fence; ARGV[fence_arg]: the
+# caller's): an older copy means a write was missed somewhere, so the epoch is bumped before anything is read.
+_FENCE = """
+local fence = tonumber(ARGV[%d])
+if fence > 0 and tonumber(redis.call('GET', KEYS[%d]) or '0') < fence then
+  redis.call('INCR', KEYS[2])
+  redis.call('SET', KEYS[%d], fence)
+end
+"""
+# KEYS: generation, epoch, answer, fence; ARGV: list prefix, history count, fence.
+_LOOKUP_USER = (
+    _FENCE % (3, 4, 4)
+    + """
 local gen = redis.call('GET', KEYS[1]) or '0'
 local epoch = redis.call('GET', KEYS[2]) or '0'
 local answer = redis.call('GET', KEYS[3])
@@ -37,6 +51,9 @@ if count > 0 and redis.call('EXISTS', list) == 1 then
 end
 return {gen, epoch}
 """
+)
+# KEYS: (unused), epoch, fence; ARGV: fence. Returns the epoch.
+_EPOCH = _FENCE % (1, 3, 3) + "return tonumber(redis.call('GET', KEYS[2]) or '0')"
 # KEYS: generation, epoch, answer; ARGV: list prefix, generation read, epoch read, answer, answer ttl, list ttl,
 # then (when the list was read from the store) its entries newest first and the end marker b"".
 _STORE_USER = """
@@ -99,13 +116,16 @@ class RedisCache:
 
     def __init__(self, url: str, *, timeout: float = 0.25, retry_after: float = 1.0) -> None:
         self.stats = CacheStats()
-        self._options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry_on_timeout": False,
-        }
+        self.fence = 0  # the database fence this process knows (app/fence.py); lookups make the cache's current
+        self.on_missed_write: Callable[[], None] | None = None  # told when a write fails (may raise)
+        # One immediate retry on a connection error, none on a timeout: a pooled connection that a blip broke is
+        # replaced at once (else each broken one would open the breaker again), and a hung server costs one
+        # timeout per call (redis-py's default is 10 retries with backoff).
+        self._options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
         self._url = url
-        self._client = redis.Redis.from_url(url, **self._options)
+        self._client = redis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)), **self._options
+        )
         # The hot path's client for the event loop (made on first use there): while one request waits for
         # Redis, the loop serves others.
         self._aclient: aredis.Redis | None = None
@@ -120,12 +140,15 @@ class RedisCache:
         self._lookup_script = self._client.register_script(_LOOKUP_USER)
         self._store_script = self._client.register_script(_STORE_USER)
         self._record_script = self._client.register_script(_RECORD_EVENTS)
+        self._epoch_script = self._client.register_script(_EPOCH)
 
     def _usable(self, write: bool) -> bool:
         """False (counted; a write remembered as missed) while the circuit breaker is open."""
         if time.monotonic() < self._down_until:
             self._missed_write |= write
             self.stats.count(error=True)
+            if write and self.on_missed_write is not None:
+                self.on_missed_write()
             return False
         return True
 
@@ -135,6 +158,8 @@ class RedisCache:
             self._missed_write |= write
         self.stats.count(error=True)
         log.warning("cache unavailable (%s): %s; answering without it", what, exc)
+        if write and self.on_missed_write is not None:
+            self.on_missed_write()
 
     def _call(self, what: str, fn: Callable[[redis.Redis], T], default: T, *, write: bool = False) -> T:
         if not self._usable(write):
@@ -151,7 +176,8 @@ class RedisCache:
         """Scripts registered on the event loop's client (a new loop, as in tests, gets a new client)."""
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
-            self._aclient = aredis.Redis.from_url(self._url, **self._options)
+            retry = AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+            self._aclient = aredis.Redis.from_url(self._url, retry=retry, **self._options)
             self._aloop = loop
             self._ascripts = {
                 "lookup": self._aclient.register_script(_LOOKUP_USER),
@@ -209,8 +235,8 @@ class RedisCache:
         return self._call("incr", run, False, write=True)
 
     def _lookup_args(self, user_id: str, answer_key: str, history_count: int) -> dict[str, Any]:
-        argv: list[bytes | str | int] = [keys.user_history_prefix(user_id), history_count]
-        return {"keys": [keys.user_generation(user_id), keys.EPOCH, answer_key], "args": argv}
+        argv: list[bytes | str | int] = [keys.user_history_prefix(user_id), history_count, self.fence]
+        return {"keys": [keys.user_generation(user_id), keys.EPOCH, answer_key, keys.FENCE], "args": argv}
 
     def _lookup_result(self, reply: list[Any] | None) -> UserLookup:
         if reply is None:
@@ -263,6 +289,12 @@ class RedisCache:
             return True
 
         return self._call("record_events", run, False, write=True)
+
+    def epoch(self) -> int:
+        """The epoch, after making the cache's fence current (0 when Redis is unusable)."""
+        script_keys = [keys.EPOCH, keys.EPOCH, keys.FENCE]
+        args = [self.fence]
+        return int(self._call("epoch", lambda c: self._epoch_script(keys=script_keys, args=args, client=c), 0))
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with `prefix` (SCAN, never KEYS)."""

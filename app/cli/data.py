@@ -26,6 +26,7 @@ from app.db.migrate import upgrade
 from app.db.tables import Event
 from app.events.repository import max_event_id
 from app.events.service import load_events
+from app.fence import Fence
 from app.registry import jobs
 from app.registry.repository import active_version
 from app.settings import Settings, load_settings
@@ -107,8 +108,14 @@ def _bump_cache_epoch(settings: Settings) -> None:
     """After an import: a running service's cached answers and latest-events lists predate it."""
     if settings.redis_url:
         cache = make_cache(settings)
-        cache.incr_many([cache_keys.EPOCH])
-        cache.close()
+        engine = make_engine(settings)
+        # when the bump fails, the fence is raised instead (and this command ends once every API process saw it)
+        Fence(engine, make_sessionmaker(engine), cache, settings.cache_fence_lease_s)
+        try:
+            cache.incr_many([cache_keys.EPOCH])
+        finally:
+            cache.close()
+            engine.dispose()
 
 
 def _report(path: Path, bad: list[BadRow]) -> None:

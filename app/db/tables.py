@@ -152,3 +152,17 @@ class TrainingJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CacheFence(Base):
+    """One row: a counter raised whenever a cache write that an acknowledged change needed was missed.
+
+    Every API process reads it every few hundred milliseconds; before serving anything from the cache it makes
+    the cache's copy current, which bumps the cache epoch (so no answer computed before the miss is served).
+    """
+
+    __tablename__ = "cache_fence"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    raised_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

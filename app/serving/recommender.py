@@ -62,13 +62,6 @@ class ServingLimits:
     history_seconds: int = 3600  # how long the cache keeps a user's latest-events list (0: never)
 
 
-def _as_int(raw: bytes | None) -> int:
-    try:
-        return int(raw) if raw is not None else 0
-    except ValueError:
-        return 0
-
-
 def _dumps(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body)
 
@@ -102,7 +95,7 @@ class Recommender:
 
     def epoch(self) -> int:
         """The cache epoch (bumped when an item is hidden or a cache write was missed)."""
-        return _as_int(self.cache.get(cache_keys.EPOCH))
+        return self.cache.epoch()
 
     def user_key(self, user_id: str, params: RecParams, model: ServingModel | None) -> str:
         """Cache key of a user's answer under a model version (the value carries its generation and epoch)."""

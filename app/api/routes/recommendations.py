@@ -9,10 +9,12 @@ threads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -20,9 +22,10 @@ from app.api.deps import get_state, require
 from app.catalog import repository as catalog
 from app.db.tables import ID_LENGTH
 from app.errors import NotFound, ValidationFailed
-from app.serving.recommender import RecParams
+from app.serving.recommender import RecParams, StoredHistory
 from app.serving.schemas import MAX_K, MAX_LIST, PopularOut, RecommendationsOut, SessionIn, SimilarOut
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(require("read"))])
 
 ItemId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the item's external id")]
@@ -37,8 +40,14 @@ Exclude = Annotated[
 JSON = "application/json"
 
 
-def _answer(body: bytes, cache: str) -> Response:
-    return Response(body, media_type=JSON, headers={"X-Cache": cache})
+DEGRADED = "X-Reco-Degraded"  # names the dependency that could not be reached: the answer may be less fresh
+
+
+def _answer(body: bytes, cache: str, degraded: str | None = None) -> Response:
+    headers = {"X-Cache": cache}
+    if degraded:
+        headers[DEGRADED] = degraded
+    return Response(body, media_type=JSON, headers=headers)
 
 
 def _exclude_list(raw: str | None) -> tuple[str, ...]:
@@ -156,19 +165,26 @@ async def user_recommendations(request: Request) -> Response:
     user_id, params = _user_request(request)
     state = get_state(request)
     recommender = state.recommender
+    # The cache fence (app/fence.py): read in the last lease, else now; the lookup passes it to the cache.
+    degraded = None if await state.fence.ready() else "database"
     looked = await recommender.alookup_user(user_id, params)
     if looked.answer is not None:
-        return _answer(looked.answer, "hit")
+        return _answer(looked.answer, "hit", degraded)
     if params.explain:  # leave-one-out runs the torch tower once per history item: off the event loop
         return _answer(await run_in_threadpool(recommender.answer_user, user_id, params, looked), "miss")
     stored = None
     if looked.history is None:  # the store read waits on I/O: in a thread, so the loop serves others
-        stored = await run_in_threadpool(recommender.read_history, user_id)
+        try:
+            stored = await run_in_threadpool(recommender.read_history, user_id)
+        except SQLAlchemyError as exc:  # outage: answer from what needs no store (popular), never cached
+            log.warning("history of a user not read (%s): answering without it", type(exc).__name__)
+            fallback = recommender.compute_user(user_id, params, looked, StoredHistory([], None))
+            return _answer(fallback.body, "miss", "database")
     # The rest is ~0.5 ms of CPU (numpy tower, FAISS): inline, as threads would only contend for the GIL.
     answer = recommender.compute_user(user_id, params, looked, stored)
     # Stored after the response is sent: the caller does not wait for that round trip (the store is
     # conditional on the counters, so a late write can never make a stale answer servable).
-    response = _answer(answer.body, "miss")
+    response = _answer(answer.body, "miss", degraded)
     response.background = BackgroundTask(state.cache.astore_user, user_id, looked, answer)
     return response
 
@@ -196,9 +212,10 @@ async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: 
     state = get_state(request)
     recommender = state.recommender
     params = RecParams(k, category)
+    degraded = None if await state.fence.ready() else "database"
     epoch, hit = recommender.cached_similar(item_id, params)
     if hit is not None:
-        return _answer(hit, "hit")
+        return _answer(hit, "hit", degraded)
 
     def work() -> bytes | None:
         current = state.registry.current
