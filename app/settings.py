@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         description="sqlite:///path or postgresql://user@host/db; the service picks its driver",
     )
     redis_url: str | None = Field(default=None, description="redis://host:port/db; unset = in-process cache")
+    redis_prefix: str = Field(
+        default="",
+        max_length=100,
+        description="put before every Redis key: services (or test runs) sharing one Redis database stay apart",
+    )
     artifact_dir: Path = Field(default=Path("./var/artifacts"), description="model versions live here")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -6,6 +6,7 @@ Under CI=true an unreachable server fails the test; it never skips.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -87,32 +88,50 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+_RUN = uuid.uuid4().hex[:8]  # this test run's part of every Redis key: runs sharing one Redis never collide
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's own Redis key prefix (RECO_REDIS_PREFIX); its keys are deleted afterwards."""
+    prefix = f"test:{_RUN}:{hashlib.blake2b(request.node.nodeid.encode(), digest_size=6).hexdigest()}:"
+    yield prefix
+    if REDIS_URL:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        try:
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+
+
 @pytest.fixture(params=CACHES)
 def cache_url(request: pytest.FixtureRequest) -> str | None:
-    """None (in-process cache) or a Redis URL whose database was flushed."""
+    """None (in-process cache) or the test Redis (keys under the test's own `redis_prefix`)."""
     if request.param == "memory":
         return None
     assert REDIS_URL
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    client.close()
     return REDIS_URL
 
 
 @pytest.fixture
-def cache(cache_url: str | None) -> Iterator[Cache]:
+def cache(cache_url: str | None, redis_prefix: str) -> Iterator[Cache]:
     """A cache of each kind."""
-    impl: Cache = RedisCache(cache_url) if cache_url else MemoryCache()
+    impl: Cache = RedisCache(cache_url, prefix=redis_prefix) if cache_url else MemoryCache()
     yield impl
     impl.close()
 
 
 @pytest.fixture
-def settings(database_url: str, cache_url: str | None, tmp_path: Path) -> Settings:
+def settings(database_url: str, cache_url: str | None, redis_prefix: str, tmp_path: Path) -> Settings:
     """Settings for one test: its store, its cache, static keys of each scope."""
     return Settings(
         database_url=database_url,
         redis_url=cache_url,
+        redis_prefix=redis_prefix,
         artifact_dir=tmp_path / "artifacts",
         api_keys=STATIC_KEYS,  # type: ignore[arg-type]
         embedded_worker=False,

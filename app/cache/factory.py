@@ -11,5 +11,5 @@ from app.settings import Settings
 def make_cache(settings: Settings) -> Cache:
     """Redis when RECO_REDIS_URL is set, otherwise the in-process cache."""
     if settings.redis_url:
-        return RedisCache(settings.redis_url)
+        return RedisCache(settings.redis_url, prefix=settings.redis_prefix)
     return MemoryCache()

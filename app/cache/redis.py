@@ -114,8 +114,13 @@ class RedisCache:
 
     name = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 0.25, retry_after: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 0.25, retry_after: float = 1.0, prefix: str = ""
+    ) -> None:
         self.stats = CacheStats()
+        # Put before every key this process sends (RECO_REDIS_PREFIX): services, or test runs, sharing one
+        # Redis database never see each other's keys.
+        self.prefix = prefix
         self.fence = 0  # the database fence this process knows (app/fence.py); lookups make the cache's current
         self.on_missed_write: Callable[[], None] | None = None  # told when a write fails (may raise)
         # One immediate retry on a connection error, none on a timeout: a pooled connection that a blip broke is
@@ -198,29 +203,29 @@ class RedisCache:
 
     def _recover(self) -> None:
         """After a write was lost, make every derived answer unreachable by bumping the epoch."""
-        self._client.incr(keys.EPOCH)
+        self._client.incr(self._k(keys.EPOCH))
         self._missed_write = False
         log.info("cache reachable again: epoch bumped after missed writes")
 
     def get(self, key: str) -> bytes | None:
         """The value, or None when absent or when Redis is unusable."""
-        value = self._call("get", lambda c: c.get(key), None)
+        value = self._call("get", lambda c: c.get(self._k(key)), None)
         if value is not None or time.monotonic() >= self._down_until:
             self.stats.count(hit=value is not None)
         return value  # type: ignore[return-value]
 
     def get_many(self, key_list: list[str]) -> list[bytes | None]:
         """MGET; all None when Redis is unusable."""
-        return self._call("mget", lambda c: c.mget(key_list), [None] * len(key_list))  # type: ignore[arg-type,return-value]
+        return self._call("mget", lambda c: c.mget([self._k(k) for k in key_list]), [None] * len(key_list))  # type: ignore[arg-type,return-value]
 
     def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
         """SET with expiry."""
-        self._call("set", lambda c: c.set(key, value, ex=ttl_seconds), None)
+        self._call("set", lambda c: c.set(self._k(key), value, ex=ttl_seconds), None)
 
     def delete(self, *key_list: str) -> None:
         """DEL; a failure counts as a missed write."""
         if key_list:
-            self._call("delete", lambda c: c.delete(*key_list), None, write=True)
+            self._call("delete", lambda c: c.delete(*map(self._k, key_list)), None, write=True)
 
     def incr_many(self, key_list: list[str]) -> bool:
         """INCR each key in one server-side script (one command, however many keys); False (and a missed
@@ -229,14 +234,15 @@ class RedisCache:
             return True
 
         def run(c: redis.Redis) -> bool:
-            self._incr_script(keys=key_list, client=c)
+            self._incr_script(keys=[self._k(k) for k in key_list], client=c)
             return True
 
         return self._call("incr", run, False, write=True)
 
     def _lookup_args(self, user_id: str, answer_key: str, history_count: int) -> dict[str, Any]:
-        argv: list[bytes | str | int] = [keys.user_history_prefix(user_id), history_count, self.fence]
-        return {"keys": [keys.user_generation(user_id), keys.EPOCH, answer_key, keys.FENCE], "args": argv}
+        argv: list[bytes | str | int] = [self._k(keys.user_history_prefix(user_id)), history_count, self.fence]
+        script_keys = [keys.user_generation(user_id), keys.EPOCH, answer_key, keys.FENCE]
+        return {"keys": [self._k(k) for k in script_keys], "args": argv}
 
     def _lookup_result(self, reply: list[Any] | None) -> UserLookup:
         if reply is None:
@@ -258,11 +264,12 @@ class RedisCache:
         return self._lookup_result(reply)
 
     def _store_args(self, user_id: str, looked: UserLookup, answer: UserAnswer) -> dict[str, Any]:
-        argv: list[bytes | str | int] = [keys.user_history_prefix(user_id), looked.generation, looked.epoch]
+        argv: list[bytes | str | int] = [self._k(keys.user_history_prefix(user_id)), looked.generation, looked.epoch]
         argv += [answer.body, answer.ttl_seconds, answer.history_ttl_seconds]
         if answer.history is not None and answer.history_ttl_seconds > 0:
             argv += [*answer.history, b""]
-        return {"keys": [keys.user_generation(user_id), keys.EPOCH, answer.key], "args": argv}
+        script_keys = [keys.user_generation(user_id), keys.EPOCH, answer.key]
+        return {"keys": [self._k(k) for k in script_keys], "args": argv}
 
     def store_user(self, user_id: str, looked: UserLookup, answer: UserAnswer) -> bool:
         """One script call: the stamped answer (and the list) if the counters still hold."""
@@ -278,10 +285,10 @@ class RedisCache:
         """One script call: bump each user's generation, put new entries on held lists (see `Cache`)."""
         if not updates:
             return True
-        script_keys = [keys.user_generation(user_id) for user_id in updates] + [keys.EPOCH]
+        script_keys = [self._k(keys.user_generation(user_id)) for user_id in updates] + [self._k(keys.EPOCH)]
         argv: list[bytes | str | int] = [max_len, ttl_seconds]
         for user_id, entries in updates.items():
-            argv += [keys.user_history_prefix(user_id), -1 if entries is None else len(entries)]
+            argv += [self._k(keys.user_history_prefix(user_id)), -1 if entries is None else len(entries)]
             argv += entries or []
 
         def run(c: redis.Redis) -> bool:
@@ -292,16 +299,19 @@ class RedisCache:
 
     def epoch(self) -> int:
         """The epoch, after making the cache's fence current (0 when Redis is unusable)."""
-        script_keys = [keys.EPOCH, keys.EPOCH, keys.FENCE]
+        script_keys = [self._k(keys.EPOCH), self._k(keys.EPOCH), self._k(keys.FENCE)]
         args = [self.fence]
         return int(self._call("epoch", lambda c: self._epoch_script(keys=script_keys, args=args, client=c), 0))
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key starting with `prefix` (SCAN, never KEYS)."""
 
         def run(c: redis.Redis) -> None:
             batch: list[bytes] = []
-            pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix) + "*"
+            pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self._k(prefix)) + "*"
             for key in c.scan_iter(match=pattern, count=1000):
                 batch.append(key)
                 if len(batch) >= 500:

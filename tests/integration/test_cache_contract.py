@@ -12,6 +12,7 @@ import pytest
 from app.cache import Cache, RedisCache
 from app.cache import keys as cache_keys
 from app.cache.base import UserAnswer, UserLookup
+from tests.conftest import REDIS_URL
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.servers import private_redis
 
@@ -177,3 +178,25 @@ def test_redis_down_degrades_to_misses_counts_errors_and_recovers() -> None:
         assert cache.get(cache_keys.EPOCH) == b"1"  # writes were missed: derived answers made unreachable
         assert cache.ping() is True
         cache.close()
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs RECO_TEST_REDIS_URL (set under CI=true, where it is required)")
+def test_two_prefixes_on_one_redis_never_meet(redis_prefix: str) -> None:
+    """RECO_REDIS_PREFIX: two services (or test runs) on one Redis database: values, counters, the epoch,
+    scripts' lists and prefix deletion of one never touch the other's."""
+    assert REDIS_URL
+    a, b = RedisCache(REDIS_URL, prefix=redis_prefix + "a:"), RedisCache(REDIS_URL, prefix=redis_prefix + "b:")
+    try:
+        a.set("reco:t:x", b"from a", 60)
+        assert b.get("reco:t:x") is None and a.get("reco:t:x") == b"from a"
+        start = b.epoch()
+        assert a.incr_many([cache_keys.EPOCH]) and a.epoch() == 1 and b.epoch() == start == 0
+        a.record_events({"u1": [cache_keys.history_entry(1, "view", "i1")]}, 10, 60)
+        assert b.get_many([cache_keys.user_generation("u1")]) == [None]
+        assert a.get_many([cache_keys.user_generation("u1")]) == [b"1"]
+        b.set(cache_keys.user_prefix("u1") + "z", b"b's", 60)
+        a.delete_prefix(cache_keys.user_prefix("u1"))
+        assert b.get(cache_keys.user_prefix("u1") + "z") == b"b's"
+    finally:
+        a.close()
+        b.close()

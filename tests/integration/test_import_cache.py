@@ -30,6 +30,7 @@ def test_import_stores_events_and_bumps_the_cache_epoch(
     monkeypatch.setenv("RECO_DATABASE_URL", settings.database_url)
     if settings.redis_url:
         monkeypatch.setenv("RECO_REDIS_URL", settings.redis_url)
+        monkeypatch.setenv("RECO_REDIS_PREFIX", settings.redis_prefix)
     else:
         monkeypatch.delenv("RECO_REDIS_URL", raising=False)
     assert main(["import", "movielens", str(folder)]) == 0
@@ -40,5 +41,5 @@ def test_import_stores_events_and_bumps_the_cache_epoch(
     engine.dispose()
     if settings.redis_url:
         client = redis.Redis.from_url(settings.redis_url)
-        assert client.get(cache_keys.EPOCH) == b"1"
+        assert client.get(settings.redis_prefix + cache_keys.EPOCH) == b"1"
         client.close()

@@ -186,6 +186,7 @@ def test_the_cache_epoch_moves_only_when_an_import_changed_something(
     monkeypatch.setenv("RECO_DATABASE_URL", settings.database_url)
     if settings.redis_url:
         monkeypatch.setenv("RECO_REDIS_URL", settings.redis_url)
+        monkeypatch.setenv("RECO_REDIS_PREFIX", settings.redis_prefix)
     else:
         monkeypatch.delenv("RECO_REDIS_URL", raising=False)
     events = tmp_path / "events.csv"
@@ -197,7 +198,7 @@ def test_the_cache_epoch_moves_only_when_an_import_changed_something(
         assert _run(capsys, *argv)[0] == 0
         if settings.redis_url:
             client = redis.Redis.from_url(settings.redis_url)
-            epochs.append(client.get(cache_keys.EPOCH))
+            epochs.append(client.get(settings.redis_prefix + cache_keys.EPOCH))
             client.close()
     if settings.redis_url:
         assert epochs == [b"1", b"1", b"2", b"2"]
