@@ -149,8 +149,16 @@ class Fence:
         holder = _ACK_AFTER.get()
         if holder is not None:
             holder[0] = max(holder[0], ack_after)
-        else:
+        elif not _on_event_loop():  # a read (nothing to acknowledge) must never block the loop
             time.sleep(max(0.0, ack_after - time.monotonic()))
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class AckAfterFence:
@@ -160,8 +168,8 @@ class AckAfterFence:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)  # reads acknowledge no change: nothing to hold
             return
         holder = [0.0]
         token = _ACK_AFTER.set(holder)
