@@ -34,7 +34,9 @@ APP = "app.api.app:create_app_from_env"
 class RecoConfig(uvicorn.Config):
     """uvicorn's Config plus the two read timeouts (pickled whole to each worker with `--workers N`)."""
 
-    def __init__(self, *args: Any, header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, **kwargs: Any):
+    def __init__(
+        self, *args: Any, header_timeout_s: float = 10.0, body_timeout_s: float = 30.0, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -110,7 +112,6 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._reading_body = False
         self._disarm()
         super().on_message_complete()
-
 
 
 def server_config(settings: Settings, host: str, port: int, workers: int) -> RecoConfig:
