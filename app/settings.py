@@ -46,6 +46,33 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=5000, ge=1, le=100_000, description="events or items in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="request body size cap")
+    worker_startup_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        description="how long a `--workers N` worker may take to answer the supervisor's health check "
+        "(uvicorn's timeout_worker_healthcheck) before it is killed and replaced",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a connection whose request line and headers are not complete this long after it opened "
+        "(or after its previous response) is closed",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a connection that sends no byte of a started request body for this long is closed",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this many seconds"
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="connections and requests in progress per worker process; beyond it uvicorn answers 503",
+    )
     max_future_seconds: int = Field(
         default=86_400, ge=0, description="how far in the future a timestamp may be"
     )

@@ -3,6 +3,10 @@
 Layout: `manifest.json` (version, config, data statistics, metrics, file checksums), `model.pt` (state_dict,
 read with `weights_only=True`), `item_vectors.npy` ([N, d+1] float32: (v, b), read with
 `allow_pickle=False`) and `item_ids.json` (row i of the vectors). Nothing is pickled.
+
+torch and the training stack are imported only inside the functions that need them (a version is written or
+loaded), so that `import app.api.app` stays light: a `--workers N` server's workers must answer uvicorn's
+health check while they start, on a busy machine too.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from app.ml.config import TrainConfig
-from app.ml.fast_user import NumpyUserEncoder
-from app.ml.features import feature_row
-from app.ml.model import RecModel
-from app.ml.train import FitResult, describe
 from app.records import ItemRecord
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from app.ml.model import RecModel
+    from app.ml.train import FitResult
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -75,15 +78,21 @@ def _new_version(artifact_dir: Path) -> str:
     return candidate
 
 
-@torch.inference_mode()
 def item_table(model: RecModel) -> np.ndarray:
     """The (v, b) rows of the whole catalog as served ([N, d+1] float32)."""
+    import torch
+
     model.eval()
-    return model.item_vectors(None).float().cpu().numpy().astype(np.float32)
+    with torch.inference_mode():
+        return model.item_vectors(None).float().cpu().numpy().astype(np.float32)
 
 
 def save_version(result: FitResult, artifact_dir: Path, version: str | None = None) -> Path:
     """Write a model version atomically under `artifact_dir` and return its directory."""
+    import torch
+
+    from app.ml.train import describe
+
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     version = version or _new_version(artifact_dir)
@@ -144,6 +153,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def load_version(path: Path) -> LoadedModel:
     """Load a version directory, refusing missing or corrupt files with an error naming the file."""
+    import torch
+
+    from app.ml.config import TrainConfig
+    from app.ml.model import RecModel
+
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path}: no such model version directory")
@@ -186,6 +200,10 @@ class LoadedModel:
     def __init__(
         self, manifest: dict[str, Any], model: RecModel, item_ids: list[str], item_vectors: np.ndarray
     ) -> None:
+        import torch
+
+        from app.ml.fast_user import NumpyUserEncoder
+
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.model = model.eval()
@@ -210,6 +228,8 @@ class LoadedModel:
         return rows[-self.max_len :], types[-self.max_len :]
 
     def _encode(self, rows: Tensor, types: Tensor, valid: Tensor | None) -> Tensor:
+        from app.ml.model import RecModel
+
         states = self.model.encode(self._table[rows.clamp(min=0)], types, valid)  # [B, L, d]
         return RecModel.query(states[:, -1])  # [B, D+1]
 
@@ -223,6 +243,8 @@ class LoadedModel:
 
     def query_vectors(self, batch: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
         """Batched `query_vector` ([B, d+1]); a history with no known item gets (0, 1): rank by item bias."""
+        import torch
+
         encoded = [self._rows(recent) for recent in batch]
         out = np.zeros((len(batch), self.dim), dtype=np.float32)  # [B, d+1]
         out[:, -1] = 1.0
@@ -243,6 +265,10 @@ class LoadedModel:
 
     def embed_items(self, items: Sequence[ItemRecord]) -> np.ndarray:
         """(v, b) of items unseen in training, from their features alone ([n, d+1] float32)."""
+        import torch
+
+        from app.ml.features import feature_row
+
         cfg = self.model.cfg
         features = np.stack([feature_row(item, cfg.feature_buckets, cfg.max_features) for item in items])
         with torch.inference_mode():
@@ -257,6 +283,8 @@ class LoadedModel:
             return [[] for _ in item_rows]
         if len(rows) == 1:
             return [[self.item_ids[rows[0]]] for _ in item_rows]
+        import torch
+
         n = len(rows)
         history = torch.tensor(rows)  # [n]
         history_types = torch.tensor(types)  # [n]

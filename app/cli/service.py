@@ -9,8 +9,7 @@ import subprocess
 import sys
 from types import FrameType
 
-import uvicorn
-
+from app.api.server import serve, server_config
 from app.db.engine import make_engine
 from app.db.migrate import upgrade
 from app.settings import load_settings
@@ -51,15 +50,7 @@ def run_server(host: str, port: int, workers: int) -> None:
 
         signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        uvicorn.run(
-            "app.api.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-        )
+        serve(server_config(settings, host, port, workers))
     finally:
         if trainer is not None:
             stop_embedded_worker(trainer)

@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,7 +60,6 @@ class ModelRegistry:
 
     def start(self, *, background: bool = True) -> None:
         """Read the catalog and load the active version now, then keep both current in background threads."""
-        torch.set_num_threads(1)  # one request = one small forward pass: parallelism comes from requests
         try:
             self.sync_catalog()
             self.refresh_now()
@@ -109,6 +107,9 @@ class ModelRegistry:
             return self.version
 
     def _load(self, version: str) -> None:
+        import torch  # here, not at import: a worker process starts (and answers health checks) without it
+
+        torch.set_num_threads(1)  # one request = one small forward pass: parallelism comes from requests
         started = time.perf_counter()
         loaded = load_version(self.artifact_dir / version)
         if loaded.version != version:
