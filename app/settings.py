@@ -79,7 +79,13 @@ class Settings(BaseSettings):
     recent_events: int = Field(default=50, ge=1, le=1000, description="history length L read per request")
     cache_ttl_seconds: int = Field(default=300, ge=1)
     key_cache_seconds: float = Field(
-        default=5.0, ge=0, description="how long a verified API key is remembered"
+        default=60.0, ge=0, allow_inf_nan=False, description="how long a verified API key is remembered"
+    )
+    key_outage_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="during a database outage, a key verified less than this long ago is still accepted",
     )
     cache_fence_lease_s: float = Field(
         default=0.5,

@@ -69,7 +69,9 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         engine=engine,
         sessions=sessions,
         cache=cache,
-        keys=KeyVerifier(settings.static_keys, sessions, settings.key_cache_seconds),
+        keys=KeyVerifier(
+            settings.static_keys, sessions, settings.key_cache_seconds, settings.key_outage_grace_s
+        ),
         metrics=metrics,
         registry=registry,
         popular=popular,

@@ -8,8 +8,11 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import ApiKey
@@ -50,18 +53,31 @@ def allows(scopes: frozenset[str], needed: str) -> bool:
 class KeyVerifier:
     """Resolves a presented key to its scopes: static keys from settings, then the database.
 
-    A verified key is remembered for `ttl` seconds so that a request costs no query; the comparison against
-    the stored digest is constant-time.
+    A verified key is remembered for `ttl` seconds so that a request costs no query (a revocation elsewhere
+    takes effect within that time; `forget` makes it immediate in this process). When the database cannot be
+    read, a key verified less than `grace` seconds ago is still accepted, so that answers that need no
+    database (cached ones, popular lists) keep being served through an outage; an unknown key then fails
+    with the database error (a 503). A generation counter keeps a lookup that was in flight during a
+    revocation from memoizing the revoked key again. The comparison against the stored digest is
+    constant-time.
     """
 
     def __init__(
-        self, static: dict[str, frozenset[str]], sessions: sessionmaker[Session], ttl: float
+        self,
+        static: dict[str, frozenset[str]],
+        sessions: sessionmaker[Session],
+        ttl: float,
+        grace: float = 0.0,
     ) -> None:
         self._static = {digest(k): v for k, v in static.items()}
         self._sessions = sessions
         self._ttl = ttl
+        self._grace = max(grace, ttl)
+        # digest -> (verified at (monotonic), scopes or None for unknown/revoked)
         self._memo: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._generation = 0  # bumped by every forget()
         self._lock = threading.Lock()
+        self.outage_accepts = 0  # keys accepted from memory because the database could not be read
 
     def cached(self, key: str) -> tuple[bool, frozenset[str] | None]:
         """(known, scopes) from memory without touching the database."""
@@ -71,24 +87,78 @@ class KeyVerifier:
                 return True, scopes
         with self._lock:
             entry = self._memo.get(hashed)
-        if entry and entry[0] > time.monotonic():
+        if entry and time.monotonic() - entry[0] < self._ttl:
             return True, entry[1]
         return False, None
 
     def lookup(self, key: str) -> frozenset[str] | None:
-        """The key's scopes, or None when unknown or revoked (queries the database)."""
+        """The key's scopes, or None when unknown or revoked (queries the database).
+
+        On a database error, a key verified within the outage grace is accepted with its remembered scopes;
+        otherwise the error propagates.
+        """
         hashed = digest(key)
-        with self._sessions() as session:
-            row = session.execute(
-                select(ApiKey.key_hash, ApiKey.scopes).where(
-                    ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None)
-                )
-            ).first()
+        with self._lock:
+            generation = self._generation
+        try:
+            with self._sessions() as session:
+                row = session.execute(
+                    select(ApiKey.key_hash, ApiKey.scopes).where(
+                        ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None)
+                    )
+                ).first()
+        except (OperationalError, InterfaceError, PoolTimeout, DBAPIError):
+            with self._lock:
+                entry = self._memo.get(hashed)
+            if entry and entry[1] is not None and time.monotonic() - entry[0] < self._grace:
+                self.outage_accepts += 1
+                return entry[1]
+            raise
         scopes = (
             frozenset(row.scopes.split(",")) if row and hmac.compare_digest(row.key_hash, hashed) else None
         )
         with self._lock:
-            if len(self._memo) > 10_000:
-                self._memo.clear()
-            self._memo[hashed] = (time.monotonic() + self._ttl, scopes)
+            if generation == self._generation:  # no revocation since the read began
+                if len(self._memo) > 10_000:
+                    self._memo.clear()
+                self._memo[hashed] = (time.monotonic(), scopes)
         return scopes
+
+    def forget(self, key_hash: str | None = None) -> None:
+        """Drop a key's memory (by digest; all keys when None), so a revocation holds at once here."""
+        with self._lock:
+            self._generation += 1
+            if key_hash is None:
+                self._memo.clear()
+            else:
+                self._memo.pop(key_hash, None)
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """Every stored key (digests stay in the row; callers show prefix, name, scopes, dates)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_key(session: Session, key_id: int) -> ApiKey | None:
+    """Mark a key revoked (idempotent: a revoked key keeps its first revocation time); None when unknown."""
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        session.flush()
+    return row
+
+
+def describe(row: ApiKey) -> dict[str, object]:
+    """A key as shown to an operator: never its secret or digest."""
+    return {
+        "id": row.id,
+        "prefix": row.prefix,
+        "name": row.name,
+        "scopes": sorted(row.scopes.split(",")),
+        "created_at": _utc(row.created_at),
+        "revoked_at": _utc(row.revoked_at),
+    }
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts

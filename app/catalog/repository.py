@@ -20,14 +20,19 @@ def upsert_items(session: Session, rows: Sequence[tuple[str, dict[str, Any]]]) -
     out = []
     for item_id, fields in rows:
         item = existing.get(item_id)
+        now = utcnow()
         if item is None:
             item = Item(item_id=item_id, categories=[], tags=[], available=True, deleted=False, attributes={})
+            item.created_at = now  # one clock reading for both: updated_at is never before created_at
             session.add(item)
             existing[item_id] = item
+        elif item.deleted:  # a deleted item is re-created from the fields given, not its old ones
+            item.title, item.categories, item.tags, item.price = None, [], [], None
+            item.available, item.published_at, item.attributes = True, None, {}
         for name, value in fields.items():
             setattr(item, name, value)
         item.deleted = False
-        item.updated_at = utcnow()
+        item.updated_at = now
         out.append(item)
     session.flush()
     return out
@@ -116,7 +121,8 @@ def upsert_user(session: Session, user_id: str, attributes: dict[str, Any]) -> U
     """Create or update a user's attributes."""
     user = session.scalar(select(User).where(User.user_id == user_id))
     if user is None:
-        user = User(user_id=user_id, attributes=attributes)
+        now = utcnow()
+        user = User(user_id=user_id, attributes=attributes, created_at=now, updated_at=now)
         session.add(user)
     else:
         user.attributes = attributes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.auth.keys import create_key, parse_scopes
+from app.auth.keys import create_key, describe, list_keys, parse_scopes, revoke_key
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.settings import load_settings
@@ -28,6 +28,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin")
     create.add_argument("--name", default=None, help="a label to recognise the key by")
     create.set_defaults(handler=cmd_keys_create)
+    listing = key_commands.add_parser(
+        "list",
+        help="list keys",
+        description="List keys: id, prefix, name, scopes, created, revoked (no secrets).",
+    )
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="revoke a key",
+        description="Revoke a key by id (see `reco keys list`); API processes refuse it within "
+        "RECO_KEY_CACHE_SECONDS (at once through DELETE /v1/admin/keys/{id} in the process that serves it).",
+    )
+    revoke.add_argument("id", type=int, help="the key's id")
+    revoke.set_defaults(handler=cmd_keys_revoke)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -54,4 +68,37 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     engine.dispose()
     print(f"created a key with scopes {','.join(sorted(scopes))}; it is shown only now:")
     print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    """Print one line per key."""
+    settings = load_settings()
+    engine = make_engine(settings)
+    if settings.is_sqlite:
+        upgrade(engine)
+    rows = run_transaction(make_sessionmaker(engine), lambda s: [describe(r) for r in list_keys(s)])
+    engine.dispose()
+    print("id\tprefix\tname\tscopes\tcreated_at\trevoked_at")
+    for r in rows:
+        scopes = ",".join(r["scopes"])  # type: ignore[arg-type]
+        fields = [r["id"], r["prefix"], r["name"] or "-", scopes, r["created_at"], r["revoked_at"] or "-"]
+        print("\t".join(str(f) for f in fields))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke one key by id."""
+    settings = load_settings()
+    engine = make_engine(settings)
+    if settings.is_sqlite:
+        upgrade(engine)
+    out = run_transaction(
+        make_sessionmaker(engine),
+        lambda s: (lambda r: None if r is None else describe(r))(revoke_key(s, args.id)),
+    )
+    engine.dispose()
+    if out is None:
+        raise SystemExit(f"id: no API key {args.id} (see `reco keys list`)")
+    print(f"revoked key {out['id']} ({out['prefix']}…) at {out['revoked_at']}")
     return 0

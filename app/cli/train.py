@@ -46,7 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="offline evaluation (EVALUATION.md)",
+        help="offline evaluation (protocol: docs/EVALUATION.md)",
         description="Chronological leave-one-out, full ranking: the model beside MostPop, ItemKNN and EASE "
         "on the same split. Data: --data PATH (a MovieLens folder), else the store.",
     )

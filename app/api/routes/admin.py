@@ -8,14 +8,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 
 from app.api.deps import get_state, require
 from app.api.state import AppState
 from app.artifacts import ArtifactError, load_version
 from app.artifacts.store import MANIFEST
+from app.auth import keys
 from app.db.engine import run_transaction
-from app.db.tables import ModelVersion
-from app.errors import Conflict, NotFound
+from app.db.tables import ApiKey, ModelVersion
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.events.repository import max_event_id
 from app.registry import jobs
 from app.registry import repository as registry
@@ -127,3 +129,59 @@ def activate(version: Version, request: Request) -> ActivateOut:
     previous = run_transaction(state.sessions, work)
     serving = state.registry.refresh_now()  # this process at once; the others within their poll interval
     return ActivateOut(version=version, status="active", previous=previous, serving=serving)
+
+
+@router.get("/v1/admin/keys")
+def list_api_keys(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]:
+    """Every API key by id, prefix, name, scopes and dates; never its secret."""
+    with state.sessions() as session:
+        return {"keys": [keys.describe(row) for row in keys.list_keys(session)]}
+
+
+@router.post("/v1/admin/keys", status_code=201)
+def create_api_key(
+    state: Annotated[AppState, Depends(get_state)],
+    body: Annotated[dict[str, Any], Body(examples=[{"scopes": ["read"], "name": "storefront"}])],
+) -> dict[str, Any]:
+    """A new key; the secret (`key`) is in this answer only."""
+    scopes_in, name = body.get("scopes"), body.get("name")
+    if not isinstance(scopes_in, list | str) or (
+        isinstance(scopes_in, list) and not all(isinstance(s, str) for s in scopes_in)
+    ):
+        raise ValidationFailed(
+            "scopes: must be a list of ingest, read, admin",
+            details=[{"loc": ["scopes"], "msg": "is required"}],
+        )
+    if name is not None and (not isinstance(name, str) or len(name) > 128 or "\x00" in name):
+        raise ValidationFailed(
+            "name: must be a string of at most 128 characters", details=[{"loc": ["name"], "msg": "invalid"}]
+        )
+    try:
+        scopes = keys.parse_scopes(scopes_in)
+    except ValueError as exc:
+        raise ValidationFailed(f"scopes: {exc}", details=[{"loc": ["scopes"], "msg": str(exc)}]) from None
+
+    def create(session: Any) -> dict[str, Any]:
+        secret = keys.create_key(session, scopes, name)
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == keys.digest(secret)))
+        return {**keys.describe(row), "key": secret}
+
+    return run_transaction(state.sessions, create)
+
+
+@router.delete("/v1/admin/keys/{key_id}")
+def revoke_api_key(
+    key_id: Annotated[int, Path(ge=1, le=2**62, description="the key's id (GET /v1/admin/keys)")],
+    state: Annotated[AppState, Depends(get_state)],
+) -> dict[str, Any]:
+    """Revoke a key: refused at once by this process, within RECO_KEY_CACHE_SECONDS by the others."""
+
+    def revoke(session: Any) -> dict[str, Any] | None:
+        row = keys.revoke_key(session, key_id)
+        return None if row is None else {**keys.describe(row), "key_hash": row.key_hash}
+
+    out = run_transaction(state.sessions, revoke)
+    if out is None:
+        raise NotFound(f"key_id: no API key {key_id}")
+    state.keys.forget(out.pop("key_hash"))
+    return out

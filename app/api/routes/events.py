@@ -7,9 +7,9 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import batch_list, get_state, read_json, require
+from app.api.deps import BodyTooLarge, batch_list, get_state, read_json, require
 from app.db.engine import run_transaction
-from app.errors import ValidationFailed
+from app.errors import PayloadTooLarge, ValidationFailed
 from app.events import service
 from app.events.schemas import IngestResult
 
@@ -32,8 +32,15 @@ async def post_events(request: Request) -> IngestResult:
     """Record a batch of events; each is validated on its own, valid ones are stored durably before the answer."""
     state = get_state(request)
     settings = state.settings
-    body = await read_json(request, settings.max_body_bytes)
-    raw = batch_list(body, "events", settings.max_batch)
+    rejected = state.metrics.events.labels("rejected")
+    try:
+        body = await read_json(request, settings.max_body_bytes)
+        raw = batch_list(body, "events", settings.max_batch)
+    except (PayloadTooLarge, BodyTooLarge) as exc:  # a batch over the limit counts its events; a body over the cap counts 1
+        details = exc.details if isinstance(exc, PayloadTooLarge) else []
+        listed = bool(details) and details[0].get("loc") == ["events"]
+        rejected.inc(len(body["events"]) if listed else 1)
+        raise
 
     def work() -> IngestResult:
         batch = service.validate_events(
@@ -44,6 +51,7 @@ async def post_events(request: Request) -> IngestResult:
         if raw and not batch.events and not batch.in_batch_duplicates:
             details = [{"loc": r.loc, "msg": r.error} for r in batch.rejected]
             more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            rejected.inc(len(batch.rejected))
             raise ValidationFailed(
                 f"events[{batch.rejected[0].index}].{batch.rejected[0].error}{more}", details=details
             )
