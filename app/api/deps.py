@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,10 +25,28 @@ def get_state(request: Request) -> AppState:
     return request.state.app
 
 
+BEARER = HTTPBearer(auto_error=False, description="an API key from `reco keys create`")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str = Field(description="`field: what to change`")
+    details: list[dict[str, Any]]
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorDetail
+
+
 def require(scope: str) -> Callable[[Request], Awaitable[frozenset[str]]]:
     """A dependency that admits a request whose bearer key has `scope` (or admin)."""
 
-    async def check(request: Request) -> frozenset[str]:
+    async def check(
+        request: Request,
+        _bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
+    ) -> frozenset[str]:
         state = get_state(request)
         header = request.headers.get("authorization", "")
         kind, _, key = header.partition(" ")
@@ -116,6 +136,21 @@ class KeyFirstRoute(APIRoute):
     For routes with a declared body model: no JSON Content-Type or nesting over MAX_JSON_DEPTH answer 422
     naming the body, never a 400 in FastAPI's words or a RecursionError.
     """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        responses = dict(kwargs.get("responses") or {})
+        keyed = any(
+            hasattr(getattr(d, "dependency", None), "reco_scope") for d in kwargs.get("dependencies") or []
+        )
+        wanted = {422: "a field is invalid; the message names it"}
+        if keyed:
+            wanted |= {401: "no, unknown or revoked API key", 403: "the key lacks the scope"}
+        for status, description in wanted.items():
+            entry = dict(responses.get(status) or {"description": description})
+            entry.setdefault("model", ErrorOut)
+            responses[status] = entry
+        kwargs["responses"] = responses
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

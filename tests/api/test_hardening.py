@@ -133,3 +133,14 @@ def test_seven_mb_body_without_key_is_401_unread(client: TestClient) -> None:
     )
     assert _error(r, 401)["code"] == "unauthorized"
     assert sent < 7  # the body was not read through
+
+
+def test_openapi_documents_bearer_and_the_error_shape(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    op = spec["paths"]["/v1/items/{item_id}"]["put"]
+    assert op["security"] == [{"HTTPBearer": []}]
+    for status in ("401", "403", "422"):
+        ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == "#/components/schemas/ErrorOut", status
+    assert set(spec["components"]["schemas"]["ErrorOut"]["properties"]) == {"error"}
