@@ -144,3 +144,11 @@ def test_openapi_documents_bearer_and_the_error_shape(client: TestClient) -> Non
         ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/ErrorOut", status
     assert set(spec["components"]["schemas"]["ErrorOut"]["properties"]) == {"error"}
+
+
+def test_available_null_is_422_not_500(client: TestClient) -> None:
+    # found by scripts/fuzz_api.py: null reached the store's NOT NULL column
+    err = _error(client.put("/v1/items/i1", json={"available": None}))
+    assert err["message"].startswith("available: must be true or false")
+    err = _error(client.post("/v1/items", json={"items": [{"item_id": "i1", "available": None}]}))
+    assert "available" in err["message"]
