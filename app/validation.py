@@ -44,8 +44,27 @@ def friendly(err: dict[str, Any]) -> str:
         return f"must be a number (got {value!r})"[:200]
     if kind in ("datetime_type", "datetime_parsing", "datetime_from_date_parsing"):
         return f"must be an ISO 8601 date-time such as 2026-11-27T10:00:00Z (got {value!r})"[:200]
-    if kind == "string_pattern_mismatch" and "\\x00" in str((err.get("ctx") or {}).get("pattern", "")):
-        return "must not contain NUL (\\u0000) characters"
+    if kind == "string_pattern_mismatch":
+        pattern = str((err.get("ctx") or {}).get("pattern", ""))
+        if "/" in pattern:
+            return "must not contain NUL (\\u0000), other control characters or '/'"
+        if "\\x1f" in pattern:
+            return "must not contain NUL (\\u0000) or other control characters"
+        if "\\x00" in pattern:
+            return "must not contain NUL (\\u0000) characters"
+    ctx = err.get("ctx") or {}
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number (got {value!r})"[:200]
+    if kind in ("less_than_equal", "less_than"):
+        return f"must be at most {ctx.get('le', ctx.get('lt'))} (got {value!r})"[:200]
+    if kind in ("greater_than_equal", "greater_than"):
+        return f"must be at least {ctx.get('ge', ctx.get('gt'))} (got {value!r})"[:200]
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false (got {value!r})"[:200]
+    if kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "must be a JSON object"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
     if kind == "extra_forbidden":
         return "is not a known field: remove it"
     return msg[0].lower() + msg[1:] if msg else "is invalid"
@@ -65,5 +84,6 @@ def summary(details: list[dict[str, Any]]) -> str:
     if not details:
         return "invalid request"
     first = details[0]
-    more = f" (and {len(details) - 1} more problems)" if len(details) > 1 else ""
+    extra = len(details) - 1
+    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
     return f"{dotted(first['loc'])}: {first['msg']}{more}"

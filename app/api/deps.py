@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,10 +25,28 @@ def get_state(request: Request) -> AppState:
     return request.state.app
 
 
+BEARER = HTTPBearer(auto_error=False, description="an API key from `reco keys create`")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str = Field(description="`field: what to change`")
+    details: list[dict[str, Any]]
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of the API."""
+
+    error: ErrorDetail
+
+
 def require(scope: str) -> Callable[[Request], Awaitable[frozenset[str]]]:
     """A dependency that admits a request whose bearer key has `scope` (or admin)."""
 
-    async def check(request: Request) -> frozenset[str]:
+    async def check(
+        request: Request,
+        _bearer: HTTPAuthorizationCredentials | None = Depends(BEARER),
+    ) -> frozenset[str]:
         state = get_state(request)
         header = request.headers.get("authorization", "")
         kind, _, key = header.partition(" ")
@@ -43,7 +64,114 @@ def require(scope: str) -> Callable[[Request], Awaitable[frozenset[str]]]:
             raise Forbidden(f"this key lacks the `{scope}` scope (it has: {', '.join(sorted(scopes))})")
         return scopes
 
+    check.reco_scope = scope  # type: ignore[attr-defined]  # KeyFirstRoute runs it before the body is read
     return check
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (checked at parse time)."""
+
+
+def json_depth_exceeded(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value nests arrays/objects deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def _too_deep() -> ValidationFailed:
+    return ValidationFailed(
+        f"body: nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects: flatten it",
+        details=[{"loc": ["body"], "msg": f"nested deeper than {MAX_JSON_DEPTH} levels"}],
+    )
+
+
+def parse_json(chunks: bytes) -> Any:
+    """Bytes to JSON, refusing nesting over MAX_JSON_DEPTH and naming where invalid JSON breaks."""
+    try:
+        value = orjson.loads(chunks)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc).lower():  # orjson stops at 1024 levels
+            raise _too_deep() from None
+    else:
+        if json_depth_exceeded(value):
+            raise _too_deep()
+        return value
+    try:
+        value = json.loads(chunks)
+    except RecursionError:
+        raise _too_deep() from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ValidationFailed(
+            f"body: not valid JSON{where}: {exc}",
+            details=[{"loc": ["body"], "msg": f"not valid JSON{where}"}],
+        ) from None
+    if json_depth_exceeded(value):
+        raise _too_deep()
+    return value
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the API key before it reads the body, then refuses bodies FastAPI would mangle.
+
+    FastAPI parses the body before it solves dependencies, so without this a malformed (or 7 MB) body with no
+    key answered 422 (or was read whole) instead of 401. The key check is the `require(...)` dependency
+    declared on the route or its router; it runs again inside the handler (answered from the key cache).
+    For routes with a declared body model: no JSON Content-Type or nesting over MAX_JSON_DEPTH answer 422
+    naming the body, never a 400 in FastAPI's words or a RecursionError.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        responses = dict(kwargs.get("responses") or {})
+        keyed = any(
+            hasattr(getattr(d, "dependency", None), "reco_scope") for d in kwargs.get("dependencies") or []
+        )
+        wanted = {422: "a field is invalid; the message names it"}
+        if keyed:
+            wanted |= {401: "no, unknown or revoked API key", 403: "the key lacks the scope"}
+        for status, description in wanted.items():
+            entry = dict(responses.get(status) or {"description": description})
+            entry.setdefault("model", ErrorOut)
+            responses[status] = entry
+        kwargs["responses"] = responses
+        super().__init__(path, endpoint, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = [d.call for d in self.dependant.dependencies if hasattr(d.call, "reco_scope")]
+        has_body = self.body_field is not None
+
+        async def run(request: Request) -> Response:
+            for check in checks:
+                await check(request)  # type: ignore[misc]
+            if has_body:
+                body = await request.body()
+                if body:
+                    if not _is_json(request.headers.get("content-type", "")):
+                        raise ValidationFailed(
+                            "body: send it as JSON with `Content-Type: application/json`",
+                            details=[{"loc": ["body"], "msg": "Content-Type must be application/json"}],
+                        )
+                    parse_json(body)
+            return await handler(request)
+
+        return run
 
 
 def _too_long(length: int, max_bytes: int) -> PayloadTooLarge:
@@ -115,18 +243,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise ValidationFailed(
             "body: a JSON body is required", details=[{"loc": ["body"], "msg": "is required"}]
         )
-    try:
-        return orjson.loads(chunks)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(chunks)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise ValidationFailed(
-            f"body: not valid JSON{where}: {exc}",
-            details=[{"loc": ["body"], "msg": f"not valid JSON{where}"}],
-        ) from None
+    return parse_json(bytes(chunks))
 
 
 def batch_list(body: Any, field: str, max_batch: int) -> list[Any]:

@@ -43,7 +43,7 @@ class ItemFields(BaseModel):
     categories: list[Label] | None = Field(default=None, max_length=100)
     tags: list[Label] | None = Field(default=None, max_length=200)
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    available: bool | None = None
+    available: bool = Field(default=True, description="null is refused: send true or false")
     published_at: datetime | None = None
     attributes: dict[str, Any] | None = None
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.db.tables import ID_LENGTH
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the store
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # free text filters: no NUL nor other control characters
+# ids: no control characters and no '/' (an id with '/' could be created but never read by its path)
+ID_PATTERN = r"^[^\x00-\x1f\x7f/]*$"
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH, pattern=NO_NUL)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_LENGTH, pattern=ID_PATTERN)
 ]
 
 
@@ -19,7 +22,7 @@ class EventIn(BaseModel):
     """One interaction as a client sends it."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -45,9 +48,22 @@ class EventIn(BaseModel):
     value: float | None = Field(default=None, allow_inf_nan=False, description="rating value, quantity, ...")
     timestamp: datetime | None = Field(default=None, description="ISO 8601; defaults to the time of receipt")
 
+    @field_validator("timestamp")
+    @classmethod
+    def _in_utc_range(cls, value: datetime | None) -> datetime | None:
+        # 0001-01-01T00:00:00+01:00 parses but is before year 1 in UTC: converting it would overflow
+        if value is not None and value.tzinfo is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("must be between years 1 and 9999 in UTC") from None
+        return value
+
 
 class EventBatchIn(BaseModel):
     """A batch of events (at most RECO_MAX_BATCH, 5,000 by default)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     events: list[EventIn]
 

@@ -248,7 +248,9 @@ def test_timestamp_defaults_to_receipt_and_value_is_kept(client: TestClient) -> 
     assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC) + timedelta(seconds=1)
 
 
-def test_unknown_fields_are_ignored_and_ids_trimmed(client: TestClient) -> None:
+def test_unknown_fields_are_refused_and_ids_trimmed(client: TestClient) -> None:
     r = client.post("/v1/events", json={"events": [ok_event(0, user_id=" u1 ", session="s-9")]})
+    assert r.status_code == 422 and "session: is not a known field" in r.json()["error"]["message"]
+    r = client.post("/v1/events", json={"events": [ok_event(0, user_id=" u1 ")]})
     assert r.json()["accepted"] == 1
     assert stored_count(client, "u1") == 1

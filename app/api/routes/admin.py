@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from app.api.deps import get_state, require
+from app.api.deps import KeyFirstRoute, get_state, require
+from app.api.params import JobIdPath, VersionPath
 from app.api.state import AppState
 from app.artifacts import ArtifactError, load_version
 from app.artifacts.store import MANIFEST
@@ -23,13 +24,9 @@ from app.registry import jobs
 from app.registry import repository as registry
 from app.registry.schemas import ActivateOut, JobOut, ModelList, ModelOut, RetrainIn
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(require("admin"))])
-JobId = Annotated[
-    str, Path(min_length=1, max_length=64, description="the id POST /v1/admin/retrain returned")
-]
-Version = Annotated[
-    str, Path(min_length=1, max_length=64, description="a model version, e.g. 20261127-101500")
-]
+router = APIRouter(tags=["admin"], dependencies=[Depends(require("admin"))], route_class=KeyFirstRoute)
+JobId = JobIdPath
+Version = VersionPath
 
 
 def _utc(ts: datetime | None) -> datetime | None:

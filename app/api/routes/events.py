@@ -7,13 +7,13 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BodyTooLarge, batch_list, get_state, read_json, require
+from app.api.deps import BodyTooLarge, KeyFirstRoute, batch_list, get_state, read_json, require
 from app.db.engine import run_transaction
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.events import service
 from app.events.schemas import IngestResult
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=KeyFirstRoute)
 
 
 @router.post(

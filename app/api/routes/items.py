@@ -5,23 +5,22 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import batch_list, get_state, read_json, require
+from app.api.deps import KeyFirstRoute, batch_list, get_state, read_json, require
+from app.api.params import ItemIdPath, label_query
 from app.catalog import repository, service
 from app.catalog.schemas import ItemFields, ItemIn, ItemOut, ItemPage
 from app.db.engine import run_transaction
-from app.db.tables import ID_LENGTH, Item
+from app.db.tables import Item
 from app.errors import NotFound, ValidationFailed
-from app.events.schemas import NO_NUL, IngestResult, Rejection
+from app.events.schemas import IngestResult, Rejection
 from app.validation import describe, dotted
 
-router = APIRouter(tags=["items"])
-ItemId = Annotated[
-    str, Path(min_length=1, max_length=ID_LENGTH, pattern=NO_NUL, description="the item's external id")
-]
+router = APIRouter(tags=["items"], route_class=KeyFirstRoute)
+ItemId = ItemIdPath
 
 
 def item_out(item: Item) -> ItemOut:
@@ -125,7 +124,10 @@ def _decode_cursor(cursor: str) -> int:
         kind, _, value = text.partition(":")
         if kind != "i":
             raise ValueError(kind)
-        return int(value)
+        row_id = int(value)
+        if not 0 <= row_id < 2**63:  # a row id the store can compare with (no integer overflow)
+            raise ValueError(value)
+        return row_id
     except (ValueError, UnicodeDecodeError):
         raise ValidationFailed(
             "cursor: not a cursor this service issued; pass `next_cursor` from the previous page",
@@ -136,7 +138,7 @@ def _decode_cursor(cursor: str) -> int:
 @router.get("/v1/items", response_model=ItemPage, dependencies=[Depends(require("read"))])
 def list_items(
     request: Request,
-    category: Annotated[str | None, Query(max_length=128)] = None,
+    category: Annotated[str | None, label_query(128)] = None,
     available: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import get_state, require
+from app.api.deps import KeyFirstRoute, get_state, require
+from app.api.params import NO_CONTROL, ItemIdPath, label_query
 from app.catalog import repository as catalog
 from app.db.tables import ID_LENGTH
 from app.errors import NotFound, ValidationFailed
@@ -26,16 +27,20 @@ from app.serving.recommender import RecParams, StoredHistory
 from app.serving.schemas import MAX_K, MAX_LIST, PopularOut, RecommendationsOut, SessionIn, SimilarOut
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["recommendations"], dependencies=[Depends(require("read"))])
+router = APIRouter(
+    tags=["recommendations"], dependencies=[Depends(require("read"))], route_class=KeyFirstRoute
+)
 
-ItemId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, description="the item's external id")]
+ItemId = ItemIdPath
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many items (1 to 500)")]
-Category = Annotated[
-    str | None, Query(min_length=1, max_length=ID_LENGTH, description="only items of this category")
-]
+Category = Annotated[str | None, label_query(ID_LENGTH, "only items of this category")]
 Exclude = Annotated[
     str | None,
-    Query(max_length=MAX_LIST * (ID_LENGTH + 1), description="item ids never to return, comma separated"),
+    Query(
+        max_length=MAX_LIST * (ID_LENGTH + 1),
+        pattern=NO_CONTROL,
+        description="item ids never to return, comma separated",
+    ),
 ]
 JSON = "application/json"
 
@@ -239,7 +244,7 @@ async def popular_items(
     request: Request,
     k: K = 10,
     category: Category = None,
-    window: Annotated[str | None, Query(description="one of RECO_POPULAR_WINDOWS, e.g. 24h or 7d")] = None,
+    window: Annotated[str | None, label_query(32, "one of RECO_POPULAR_WINDOWS, e.g. 24h or 7d")] = None,
 ) -> Response:
     """The most popular visible items of the window (decayed event counts kept up to date incrementally)."""
     state = get_state(request)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.api.deps import get_state, require
+from app.api.deps import KeyFirstRoute, get_state, require
+from app.api.params import UserIdPath
 from app.catalog import repository, service
 from app.catalog.schemas import EventOut, UserIn, UserOut
 from app.db.engine import run_transaction
-from app.db.tables import ID_LENGTH
 from app.errors import NotFound
 from app.events import repository as events
-from app.events.schemas import NO_NUL
 
-router = APIRouter(tags=["users"])
-UserId = Annotated[
-    str, Path(min_length=1, max_length=ID_LENGTH, pattern=NO_NUL, description="the user's external id")
-]
+router = APIRouter(tags=["users"], route_class=KeyFirstRoute)
+UserId = UserIdPath
 
 
 @router.put("/v1/users/{user_id}", response_model=UserOut, dependencies=[Depends(require("ingest"))])
