@@ -85,6 +85,7 @@ def make_read_engine(settings: Settings, statement_timeout_s: float | None = Non
     )
 
 
+PING_BOUND_S = 0.5  # a pre-ping's wait before the connection is taken for dead
 CLIENT_GRACE_S = 0.5  # the client-side cut comes this long after the server's statement timeout
 
 
@@ -159,11 +160,16 @@ def _bound_calls(engine: Engine, bound_s: float) -> None:
                 return _original(cursor, *args, **kwargs)
 
         setattr(dialect, name, on_cursor)
-    for name in ("do_ping", "do_commit", "do_rollback"):
+    # a ping is an empty round trip: a pooled connection that cannot answer it at once is dropped sooner, so a
+    # checkout against a hung server costs this plus one connect timeout
+    ping_s = min(bound_s, PING_BOUND_S)
+    for name, limit in (("do_ping", ping_s), ("do_commit", bound_s), ("do_rollback", bound_s)):
         original = getattr(dialect, name)
 
-        def on_conn(dbapi_conn: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            with WATCHDOG.guard(dbapi_conn, bound_s):
+        def on_conn(
+            dbapi_conn: Any, *args: Any, _original: Any = original, _limit: float = limit, **kwargs: Any
+        ) -> Any:
+            with WATCHDOG.guard(dbapi_conn, _limit):
                 return _original(dbapi_conn, *args, **kwargs)
 
         setattr(dialect, name, on_conn)
@@ -200,12 +206,14 @@ class DatabaseProbe:
 
 def read(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run a read-only `work` on a connection; a pooled connection the server dropped fails once (SQLAlchemy
-    then invalidates the pool) and the read runs again on a fresh one."""
+    then invalidates the pool) and the read runs again on a fresh one. A call that failed only after waiting
+    (cut by the watchdog: the server is hung) is not retried, so the caller's wait stays bounded."""
+    start = time.monotonic()
     try:
         with engine.connect() as conn:
             return work(conn)
     except DBAPIError as exc:
-        if not exc.connection_invalidated:
+        if not exc.connection_invalidated or time.monotonic() - start > PING_BOUND_S:
             raise
     with engine.connect() as conn:
         return work(conn)
