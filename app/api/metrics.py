@@ -43,9 +43,10 @@ class Metrics:
             "reco_events_ingested", "Events by outcome", ["outcome"], registry=self.registry
         )
 
-        self.cache = Counter(
-            "reco_cache", "Cache lookups and errors", ["backend", "outcome"], registry=self.registry
-        )
+        self.cache = {
+            name: Counter(f"reco_cache_{name}", f"Cache {name}", ["backend"], registry=self.registry)
+            for name in ("hits", "misses", "errors")
+        }
         self._readers: list[Collector] = []
         self._scrape: CollectorRegistry | None = None
         self._synced: dict[tuple[str, str], int] = {}
@@ -66,10 +67,10 @@ class Metrics:
         """Bring the cache counters up to the cache's own tallies (called by a poller and at each scrape)."""
         stats = cache.stats
         with self._sync_lock:
-            for outcome, value in (("hit", stats.hits), ("miss", stats.misses), ("error", stats.errors)):
-                key = (cache.name, outcome)
+            for name, value in (("hits", stats.hits), ("misses", stats.misses), ("errors", stats.errors)):
+                key = (cache.name, name)
                 delta = value - self._synced.get(key, 0)
-                child = self.cache.labels(cache.name, outcome)  # shown from 0 on
+                child = self.cache[name].labels(cache.name)  # shown from 0 on
                 if delta > 0:
                     child.inc(delta)
                     self._synced[key] = value
@@ -88,8 +89,8 @@ class Metrics:
 
 
 def cache_gauges(cache: Cache) -> Callable[[], Iterator[GaugeMetricFamily]]:
-    """The hit ratio of this process's cache client (hits, misses and errors are the `reco_cache_total`
-    counters)."""
+    """The hit ratio of this process's cache client (hits, misses and errors are the
+    `reco_cache_{hits,misses,errors}_total` counters)."""
 
     def read() -> Iterator[GaugeMetricFamily]:
         ratio = GaugeMetricFamily("reco_cache_hit_ratio", "Cache hits over lookups", labels=["backend"])
