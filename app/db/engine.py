@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
@@ -184,6 +184,12 @@ class DatabaseProbe:
         self.stale_s = stale_s
         self._ok = False
         self._since: float | None = None
+        event.listen(engine, "handle_error", self._on_error)
+
+    def _on_error(self, context: Any) -> None:
+        """A request that found the database gone says so at once (the next check says when it is back)."""
+        if context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError):
+            self._ok = False
 
     def check(self) -> None:
         self._since = time.monotonic()
@@ -195,6 +201,10 @@ class DatabaseProbe:
             self._ok = False
         finally:
             self._since = None
+
+    @property
+    def checking(self) -> bool:
+        return self._since is not None
 
     @property
     def up(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 
 from fastapi import APIRouter, Request, Response
@@ -36,6 +38,10 @@ def readiness(state: AppState) -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> FastJSONResponse:
     """Database, cache and a model (or the popular fallback) are usable; 503 naming what is not."""
+    probe = get_state(request).db_probe
+    if not probe.up and not probe.checking:  # down: see whether it is back, waiting 0.3 s at most
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(probe.check)), 0.3)
     checks = await run_in_threadpool(readiness, get_state(request))
     failing = [name for name, value in checks.items() if value != "ok" and name != "cache"]
     if failing:
