@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     metrics_enabled: bool = Field(default=True)
+    metrics_key: str | None = Field(
+        default=None, description="when set, GET /metrics needs `Authorization: Bearer <this>`"
+    )
+    metrics_poll_seconds: float = Field(
+        default=5.0, gt=0, description="how often the training-job metrics are read from the store"
+    )
+    docs_enabled: bool = Field(default=True, description="serve /docs, /redoc and /openapi.json")
+    db_connect_timeout_s: float = Field(default=2.0, gt=0, description="PostgreSQL connect timeout")
+    db_statement_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="API processes' PostgreSQL statement timeout; a call that gets no answer is cut "
+        "client-side 0.5 s after it",
+    )
+    db_pool_timeout_s: float = Field(default=1.0, gt=0, description="wait for a free pooled connection")
     # trainer
     worker_poll_seconds: float = Field(
         default=2.0, gt=0, description="how often an idle worker looks for jobs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,13 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import errors
-from app.api.metrics import Metrics, MetricsMiddleware, cache_gauges, training_gauges
+from app.api.metrics import Metrics, MetricsMiddleware, TrainingJobs, cache_gauges
 from app.api.routes import admin, events, items, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
 from app.catalog.schemas import ItemBatchIn
-from app.db.engine import make_engine, make_read_engine, make_sessionmaker
+from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker
 from app.db.migrate import upgrade
 from app.events.schemas import EventBatchIn
 from app.fence import AckAfterFence, Fence
@@ -36,11 +37,10 @@ log = logging.getLogger(__name__)
 
 def build_state(settings: Settings, metrics: Metrics) -> AppState:
     """Engines, cache and key verifier for one process."""
-    engine = make_engine(settings)
+    engine, read_engine = make_api_engines(settings)
     if settings.is_sqlite:
         upgrade(engine)  # embedded mode: the schema is always current
     sessions = make_sessionmaker(engine)
-    read_engine = engine if settings.is_sqlite else make_read_engine(settings)
     cache = make_cache(settings)
     metrics.watch("cache", cache_gauges(cache))
     registry = ModelRegistry(
@@ -53,7 +53,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         catalog_poll_seconds=settings.catalog_poll_seconds,
     )
     metrics.watch("model", model_gauges(registry))
-    metrics.watch("training", training_gauges(sessions))
+    training = TrainingJobs(sessions)
+    metrics.watch("training", training.read)
     popular = PopularTracker(sessions, registry.catalog, settings.popular_windows, settings.event_weights)
     limits = ServingLimits(
         history_len=settings.recent_events,
@@ -78,6 +79,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         read_engine=read_engine,
         recommender=Recommender(registry, popular, read_engine, cache, limits),
         fence=fence,
+        db_probe=DatabaseProbe(engine),
+        training=training,
     )
 
 
@@ -94,6 +97,14 @@ def model_gauges(registry: ModelRegistry) -> Callable[[], Iterator[GaugeMetricFa
     return read
 
 
+def _metrics_work(state: AppState) -> Callable[[], None]:
+    def work() -> None:
+        state.metrics.sync_cache(state.cache)
+        state.training.refresh()
+
+    return work
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The FastAPI application for `settings` (read from the environment when omitted)."""
     settings = settings or load_settings()
@@ -105,7 +116,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.reco = state  # for tests and benchmarks driving the registry; routes use request.state
         popular_poller = Poller("reco-popular-poll", settings.popular_poll_seconds, state.popular.poll)
         fence_poller = Poller("reco-fence-poll", settings.cache_fence_lease_s / 4, state.fence.refresh)
+        db_poller = Poller("reco-db-probe", 1.0, state.db_probe.check)
+        metrics_poller = Poller("reco-metrics-poll", settings.metrics_poll_seconds, _metrics_work(state))
         try:
+            await run_in_threadpool(state.db_probe.check)
+            db_poller.start()
+            with contextlib.suppress(SQLAlchemyError):  # the poller retries
+                await run_in_threadpool(state.training.refresh)
+            metrics_poller.start()
             await run_in_threadpool(state.fence.refresh)
             fence_poller.start()
             await run_in_threadpool(state.registry.start)
@@ -116,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             popular_poller.start()
             yield {"app": state}
         finally:
+            db_poller.stop()
+            metrics_poller.stop()
             fence_poller.stop()
             popular_poller.stop()
             state.registry.stop()
@@ -129,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Self-hosted online recommendations: stream events in, ask what a user should see next.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
     for module in (ops, events, items, users, recommendations, admin):

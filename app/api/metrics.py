@@ -1,15 +1,19 @@
-"""Prometheus metrics of one API process (each app has its own registry)."""
+"""Prometheus metrics of the API: each app has its own registry; under `reco serve`
+(PROMETHEUS_MULTIPROC_DIR set before the workers start) counters and histograms live in shared files and one
+scrape covers every worker."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,28 +43,59 @@ class Metrics:
             "reco_events_ingested", "Events by outcome", ["outcome"], registry=self.registry
         )
 
+        self.cache = {
+            name: Counter(f"reco_cache_{name}", f"Cache {name}", ["backend"], registry=self.registry)
+            for name in ("hits", "misses", "errors")
+        }
+        self._readers: list[Collector] = []
+        self._scrape: CollectorRegistry | None = None
+        self._synced: dict[tuple[str, str], int] = {}
+        self._sync_lock = threading.Lock()
+
     def watch(self, name: str, read: Callable[[], Iterator[Metric]]) -> None:
-        """Export values read at scrape time (cache hit ratio, active model version)."""
+        """Export values read at scrape time (cache hit ratio, active model version); they must never block."""
 
         class _Reader(Collector):
             def collect(self) -> Iterator[Metric]:
                 yield from read()
 
-        self.registry.register(_Reader())
+        reader = _Reader()
+        self._readers.append(reader)
+        self.registry.register(reader)
+
+    def sync_cache(self, cache: Cache) -> None:
+        """Bring the cache counters up to the cache's own tallies (called by a poller and at each scrape)."""
+        stats = cache.stats
+        with self._sync_lock:
+            for name, value in (("hits", stats.hits), ("misses", stats.misses), ("errors", stats.errors)):
+                key = (cache.name, name)
+                delta = value - self._synced.get(key, 0)
+                child = self.cache[name].labels(cache.name)  # shown from 0 on
+                if delta > 0:
+                    child.inc(delta)
+                    self._synced[key] = value
+
+    def scrape_registry(self) -> CollectorRegistry:
+        """What a scrape reads: every worker's counters when in multiprocess mode, else this app's registry."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return self.registry
+        if self._scrape is None:
+            scrape = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(scrape)
+            for reader in self._readers:
+                scrape.register(reader)
+            self._scrape = scrape
+        return self._scrape
 
 
 def cache_gauges(cache: Cache) -> Callable[[], Iterator[GaugeMetricFamily]]:
-    """Hit ratio, hits, misses and errors of the cache."""
+    """The hit ratio of this process's cache client (hits, misses and errors are the
+    `reco_cache_{hits,misses,errors}_total` counters)."""
 
     def read() -> Iterator[GaugeMetricFamily]:
-        stats = cache.stats
         ratio = GaugeMetricFamily("reco_cache_hit_ratio", "Cache hits over lookups", labels=["backend"])
-        ratio.add_metric([cache.name], stats.hit_ratio)
+        ratio.add_metric([cache.name], cache.stats.hit_ratio)
         yield ratio
-        for name, value in (("hits", stats.hits), ("misses", stats.misses), ("errors", stats.errors)):
-            g = GaugeMetricFamily(f"reco_cache_{name}", f"Cache {name} since start", labels=["backend"])
-            g.add_metric([cache.name], value)
-            yield g
 
     return read
 
@@ -111,33 +146,43 @@ def _route_template(scope: Scope) -> str:
     return "unmatched"
 
 
-def training_gauges(sessions: sessionmaker[Session]) -> Callable[[], Iterator[Metric]]:
-    """Training jobs by status and the durations of finished ones, read from the job table at scrape time."""
+class TrainingJobs:
+    """Training jobs by status and the durations of finished ones, read from the job table by a background
+    poller (`refresh`); a scrape only reads the last value, so it answers whatever the database does."""
 
-    def read() -> Iterator[Metric]:
-        try:
-            with sessions() as session:
-                rows = session.execute(
-                    select(TrainingJob.status, TrainingJob.started_at, TrainingJob.finished_at)
-                ).all()
-        except SQLAlchemyError:
-            return  # the database being down shows in /readyz; a scrape still answers
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self._rows: list[tuple[str, float | None]] | None = None  # None: never read
+
+    def refresh(self) -> None:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(TrainingJob.status, TrainingJob.started_at, TrainingJob.finished_at)
+            ).all()
+        self._rows = [
+            (
+                r.status,
+                (r.finished_at - r.started_at).total_seconds()
+                if r.status in ("succeeded", "failed") and r.started_at and r.finished_at
+                else None,
+            )
+            for r in rows
+        ]
+
+    def read(self) -> Iterator[Metric]:
+        rows = self._rows
+        if rows is None:
+            return
         by_status = GaugeMetricFamily("reco_training_jobs", "Training jobs by status", labels=["status"])
         counts: dict[str, int] = {}
-        for row in rows:
-            counts[row.status] = counts.get(row.status, 0) + 1
+        for status, _ in rows:
+            counts[status] = counts.get(status, 0) + 1
         for status, count in sorted(counts.items()):
             by_status.add_metric([status], count)
         yield by_status
-        durations = [
-            (r.finished_at - r.started_at).total_seconds()
-            for r in rows
-            if r.status in ("succeeded", "failed") and r.started_at and r.finished_at
-        ]
+        durations = [d for _, d in rows if d is not None]
         summary = SummaryMetricFamily(
             "reco_training_job_seconds", "Durations of finished training jobs", labels=[]
         )
         summary.add_metric([], count_value=len(durations), sum_value=sum(durations))
         yield summary
-
-    return read

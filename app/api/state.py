@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.api.metrics import Metrics
+from app.api.metrics import Metrics, TrainingJobs
 from app.auth.keys import KeyVerifier
 from app.cache import Cache
+from app.db.engine import DatabaseProbe
 from app.fence import Fence
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender
@@ -32,3 +33,5 @@ class AppState:
     popular: PopularTracker
     recommender: Recommender
     fence: Fence  # the cache fence (app/fence.py): when cached answers may be trusted
+    db_probe: DatabaseProbe  # whether the database answers, known without waiting on it
+    training: TrainingJobs  # training-job metrics, refreshed in the background

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from types import FrameType
 
 from app.api.server import serve, server_config
@@ -40,6 +41,8 @@ def run_server(host: str, port: int, workers: int) -> None:
         engine = make_engine(settings)
         upgrade(engine)
         engine.dispose()
+    if workers > 1:
+        prepare_multiprocess_metrics()
     trainer = start_embedded_worker() if settings.run_embedded_worker else None
     if trainer is not None:
         # uvicorn ends by re-raising SIGTERM with our handler back in place: stop the worker, then die as asked.
@@ -54,6 +57,17 @@ def run_server(host: str, port: int, workers: int) -> None:
     finally:
         if trainer is not None:
             stop_embedded_worker(trainer)
+
+
+def prepare_multiprocess_metrics() -> None:
+    """One scrape covers every worker: prometheus_client's multiprocess mode, in PROMETHEUS_MULTIPROC_DIR (a
+    fresh temporary directory unless set), emptied before the workers start."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="reco-metrics-")
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.remove(os.path.join(path, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def start_embedded_worker() -> subprocess.Popen[bytes]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.settings import Settings
-from tests.conftest import INGEST_KEY, auth
+from tests.conftest import ADMIN_KEY, INGEST_KEY, auth
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -57,15 +59,22 @@ def test_metrics_count_requests_per_route_and_events_by_outcome(client: TestClie
     assert metric(text, "reco_events_ingested_total", outcome="accepted") == 1
     assert metric(text, "reco_events_ingested_total", outcome="duplicate") == 2
     assert metric(text, "reco_events_ingested_total", outcome="rejected") == 1
-    assert "reco_cache_hit_ratio" in text and "reco_cache_errors" in text
+    assert "reco_cache_hit_ratio" in text
+    for name in ("hits", "misses", "errors"):
+        assert f"# TYPE reco_cache_{name}_total counter" in text and f"reco_cache_{name}_total{{backend=" in text
     assert "/no/such/path" not in text  # unmatched paths do not blow up the label set
 
 
-def test_metrics_show_training_jobs(client: TestClient) -> None:
-    assert client.post("/v1/admin/retrain", json={"reason": "metrics test"}).status_code == 202
-    text = client.get("/metrics").text
-    assert metric(text, "reco_training_jobs", status="queued") == 1
-    assert "reco_training_job_seconds_count" in text
+def test_metrics_show_training_jobs(settings: Settings) -> None:
+    """Read by a background poller (a scrape never queries the store): the new job shows within a poll."""
+    app = create_app(settings.model_copy(update={"metrics_poll_seconds": 0.1}))
+    with TestClient(app, headers=auth(ADMIN_KEY)) as client:
+        assert client.post("/v1/admin/retrain", json={"reason": "metrics test"}).status_code == 202
+        deadline = time.monotonic() + 5
+        while metric(text := client.get("/metrics").text, "reco_training_jobs", status="queued") != 1:
+            assert time.monotonic() < deadline, "the training-job metrics were never refreshed"
+            time.sleep(0.05)
+        assert "reco_training_job_seconds_count" in text
 
 
 def test_metrics_can_be_disabled(settings: Settings) -> None:
@@ -107,3 +116,37 @@ def test_openapi_has_every_route_and_the_batch_schemas(client: TestClient) -> No
     assert {"accepted", "duplicates", "rejected"} <= set(schemas["IngestResult"]["properties"])
     post_events = doc["paths"]["/v1/events"]["post"]
     assert "200" in post_events["responses"] and "413" in post_events["responses"]
+
+
+def test_metrics_key_restricts_the_scrape(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"metrics_key": "s3cret"}))
+    with TestClient(app) as client:
+        for headers in ({}, auth("wrong"), auth(ADMIN_KEY)):
+            r = client.get("/metrics", headers=headers)
+            assert r.status_code == 401 and "RECO_METRICS_KEY" in r.json()["error"]["message"]
+        r = client.get("/metrics", headers=auth("s3cret"))
+        assert r.status_code == 200 and "reco_http_requests_total" in r.text
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_docs_can_be_turned_off(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        assert all(client.get(p).status_code == 200 for p in ("/docs", "/redoc", "/openapi.json"))
+    with TestClient(create_app(settings.model_copy(update={"docs_enabled": False}))) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            r = client.get(path)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
+
+
+def test_readyz_names_the_dependency_without_internals(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        probe = client.app.state.reco.db_probe  # type: ignore[attr-defined]
+        probe._ok = False  # as the probe finds it when the database is down (and every check confirms it)
+        probe.check = lambda: None
+        r = client.get("/readyz")
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "unavailable" and "database" in error["message"]
+    assert {"dependency": "database", "status": "unavailable"} in error["details"]
+    for leak in ("127.0.0.1", "5432", "psycopg", "sqlite", "connection"):
+        assert leak not in r.text

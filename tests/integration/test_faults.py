@@ -147,7 +147,7 @@ def redis_behind_proxy() -> Iterator[tuple[str, TcpProxy, int]]:
 def cache_errors(client: TestClient) -> float:
     """reco_cache_errors{backend="redis"} from /metrics."""
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith('reco_cache_errors{backend="redis"}'):
+        if line.startswith('reco_cache_errors_total{backend="redis"}'):  # a counter since issue 11
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError("reco_cache_errors is not exported")
 

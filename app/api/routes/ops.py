@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import get_state
 from app.api.responses import FastJSONResponse
 from app.api.state import AppState
-from app.errors import NotFound
+from app.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["operations"])
 
@@ -22,25 +25,23 @@ async def healthz() -> dict[str, str]:
 
 
 def readiness(state: AppState) -> dict[str, str]:
-    """Each dependency's state: `ok`, or what is wrong with it."""
+    """Each dependency's state, `ok` or `unavailable` (never a host, port or driver message). The database's
+    comes from the background probe, so a hung database is reported at once."""
     checks: dict[str, str] = {}
-    try:
-        with state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # any failure means "not ready"; the message names it
-        checks["database"] = f"unavailable: {str(exc).splitlines()[0][:200]}"
-    checks["cache"] = "ok" if state.cache.ping() else "unavailable (answers are served uncached)"
-    if state.registry.current is not None or state.popular.ready:
-        checks["model"] = "ok"  # a model, or at least the popular fallback, answers every request
-    else:
-        checks["model"] = "unavailable: no model version loaded and popular counters not read yet"
+    checks["database"] = "ok" if state.db_probe.up else "unavailable"
+    checks["cache"] = "ok" if state.cache.ping() else "unavailable"  # answers are then served uncached
+    ready = state.registry.current is not None or state.popular.ready
+    checks["model"] = "ok" if ready else "unavailable"  # a model, or at least the popular fallback
     return checks
 
 
 @router.get("/readyz")
 async def readyz(request: Request) -> FastJSONResponse:
     """Database, cache and a model (or the popular fallback) are usable; 503 naming what is not."""
+    probe = get_state(request).db_probe
+    if not probe.up and not probe.checking:  # down: see whether it is back, waiting 0.3 s at most
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(probe.check)), 0.3)
     checks = await run_in_threadpool(readiness, get_state(request))
     failing = [name for name, value in checks.items() if value != "ok" and name != "cache"]
     if failing:
@@ -69,4 +70,10 @@ async def metrics(request: Request) -> Response:
     state = get_state(request)
     if not state.settings.metrics_enabled:
         raise NotFound("metrics are disabled (RECO_METRICS_ENABLED=false)")
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    key = state.settings.metrics_key
+    if key:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise Unauthorized("GET /metrics needs `Authorization: Bearer <RECO_METRICS_KEY>`")
+    state.metrics.sync_cache(state.cache)
+    return Response(generate_latest(state.metrics.scrape_registry()), media_type=CONTENT_TYPE_LATEST)
