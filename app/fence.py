@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -78,6 +79,7 @@ class Fence:
         self.cache = cache
         self.lease_s = lease_s
         self.value = 0
+        self.db_up: Callable[[], bool] | None = None  # the API's probe: a known-down database is not waited on
         self.raised = 0  # missed writes made up for by this process
         self._checked = float("-inf")  # monotonic start of the latest successful read
         self._lock = threading.Lock()
@@ -113,6 +115,8 @@ class Fence:
         is served as it stands (degraded; nothing could be acknowledged meanwhile)."""
         if self.fresh():
             return True
+        if self.db_up is not None and not self.db_up():
+            return False  # known down (app/db/engine.DatabaseProbe): don't spend a connect timeout finding out
         return await run_in_threadpool(self.refresh)
 
     # ---- writers --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         history_seconds=settings.history_cache_seconds,
     )
     fence = Fence(read_engine, sessions, cache, settings.cache_fence_lease_s)
-    return AppState(
+    state = AppState(
         settings=settings,
         engine=engine,
         sessions=sessions,
@@ -82,6 +82,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         db_probe=DatabaseProbe(engine),
         training=training,
     )
+    state.fence.db_up = lambda: state.db_probe.up
+    return state
 
 
 def model_gauges(registry: ModelRegistry) -> Callable[[], Iterator[GaugeMetricFamily]]:

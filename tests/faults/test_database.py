@@ -76,11 +76,12 @@ def test_hung_database_answers_503_within_a_bound_and_recovers(
         assert "database" in r.json()["error"]["message"]
 
         r, took = timed(lambda: client.get("/v1/users/nobody-cached/recommendations", params={"k": 3}))
-        # two store calls in a row (the cache fence's refresh, app/fence.py, then the history read), each at
-        # most one connect timeout (libpq's minimum: 2 s)
-        assert took < 2 * BOUND_S - 1.5, (took, r.text)
-        # without its history the user gets what can be served without the store (issue 11 item 5), or a 503
-        assert r.status_code in (200, 503), r.text
+        # the failed POST marked the database down, so the cache fence is not waited on (app/fence.py); the
+        # history read costs at most one connect timeout (libpq's minimum: 2 s)
+        assert took < BOUND_S, (took, r.text)
+        # without its history the user gets what can be served without the store (issue 11 item 5), marked so
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Reco-Degraded"] == "database"
 
         deadline = time.monotonic() + 2.5  # the probe notices within its interval plus 0.5 s
         while True:
