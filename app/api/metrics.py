@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -42,6 +43,13 @@ class Metrics:
         self.events = Counter(
             "reco_events_ingested", "Events by outcome", ["outcome"], registry=self.registry
         )
+        self.recommendations = Counter(
+            "reco_recommendations",
+            "Answers by endpoint (user, session, similar, popular) and the strategy that answered",
+            ["kind", "strategy"],
+            registry=self.registry,
+        )
+        self._answered: dict[tuple[str, bytes], Any] = {}
 
         self.cache = {
             name: Counter(f"reco_cache_{name}", f"Cache {name}", ["backend"], registry=self.registry)
@@ -51,6 +59,14 @@ class Metrics:
         self._scrape: CollectorRegistry | None = None
         self._synced: dict[tuple[str, str], int] = {}
         self._sync_lock = threading.Lock()
+
+    def answered(self, kind: str, strategy: bytes) -> None:
+        """Count one answer (the labelled child is looked up once per pair: this runs on every cache hit)."""
+        child = self._answered.get((kind, strategy))
+        if child is None:
+            label = strategy.decode(errors="replace")[:32]
+            child = self._answered[(kind, strategy)] = self.recommendations.labels(kind, label)
+        child.inc()
 
     def watch(self, name: str, read: Callable[[], Iterator[Metric]]) -> None:
         """Export values read at scrape time (cache hit ratio, active model version); they must never block."""

@@ -49,6 +49,12 @@ def get_item(session: Session, item_id: str) -> Item | None:
     return session.scalar(select(Item).where(Item.item_id == item_id, Item.deleted.is_(False)))
 
 
+def item_deleted(session: Session, item_id: str) -> bool | None:
+    """True: the item was deleted; False: it is in the catalog; None: the catalog has no row for it."""
+    deleted = session.scalar(select(Item.deleted).where(Item.item_id == item_id))
+    return None if deleted is None else bool(deleted)
+
+
 def _has_category(session: Session, category: str) -> ColumnElement[bool]:
     if session.get_bind().dialect.name == "postgresql":
         return literal_column("items.categories::jsonb").op("?")(category)

@@ -184,6 +184,7 @@ class Recommender:
             "model_version": version,
             "strategy": strategy,
             "items": _popular_items(picks, params.explain),
+            **_category_note(params.category, picks),
         }
 
     def _personalized(
@@ -276,7 +277,9 @@ class Recommender:
             category = params.category or next(iter(self.registry.catalog.categories(item_id)), None)
             picks = self.popular.top(params.k, category=category, skip=excluded.__contains__)
             body.update(
-                strategy=POPULAR_CATEGORY if category else POPULAR, items=_popular_items(picks, False)
+                strategy=POPULAR_CATEGORY if category else POPULAR,
+                items=_popular_items(picks, False),
+                **_category_note(params.category, picks),
             )
         payload = _dumps(body)
         self.cache.set(
@@ -296,6 +299,7 @@ class Recommender:
                 "model_version": self.registry.version,
                 "strategy": POPULAR_CATEGORY if category else POPULAR,
                 "items": _popular_items(picks, False),
+                **_category_note(category, picks),
             }
         )
 
@@ -306,3 +310,13 @@ def _popular_items(picks: list[Pick], explain: bool) -> list[dict[str, Any]]:
             {"item_id": p.item_id, "score": round(p.score, 6), "explanation": {"because": []}} for p in picks
         ]
     return [{"item_id": p.item_id, "score": round(p.score, 6)} for p in picks]
+
+
+def _category_note(category: str | None, picks: list[Pick]) -> dict[str, str]:
+    """A hint when a requested category filters everything out (an unknown or misspelt one, usually)."""
+    if category is None or picks:
+        return {}
+    return {
+        "note": f"no recommendable item has category {category!r}: categories match exactly (case included), "
+        "and only items that are available and have events count"
+    }

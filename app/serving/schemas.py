@@ -49,6 +49,9 @@ class RecommendationsOut(BaseModel):
     model_version: str | None
     strategy: Strategy
     items: list[RecommendedItem]
+    note: str | None = Field(
+        default=None, description="a hint when the answer is empty, e.g. an unknown category"
+    )
 
 
 class SessionIn(BaseModel):
@@ -84,6 +87,9 @@ class SimilarOut(BaseModel):
     model_version: str | None
     strategy: Strategy
     items: list[RecommendedItem]
+    note: str | None = Field(
+        default=None, description="a hint when the answer is empty, e.g. an unknown category"
+    )
 
 
 class PopularOut(BaseModel):
@@ -94,3 +100,6 @@ class PopularOut(BaseModel):
     model_version: str | None
     strategy: Strategy
     items: list[RecommendedItem]
+    note: str | None = Field(
+        default=None, description="a hint when the answer is empty, e.g. an unknown category"
+    )

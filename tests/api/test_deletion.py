@@ -29,3 +29,16 @@ def test_updated_at_never_before_created_at(client: TestClient) -> None:
     user = client.put("/v1/users/u2", json={"attributes": {"a": 1}}).json()
     if "updated_at" in user:
         assert user["updated_at"] >= user["created_at"]
+
+
+def test_a_deleted_item_has_no_similar_items(client: TestClient) -> None:
+    """Deleted means gone from every route: GET, /similar (before: 200 with popular items) and PUT re-creates."""
+    client.put("/v1/items/i3", json={"title": "t", "categories": ["c"]})
+    client.put("/v1/items/i4", json={"title": "u", "categories": ["c"]})
+    assert client.get("/v1/items/i3/similar", params={"k": 3}).status_code == 200
+    assert client.delete("/v1/items/i3").status_code in (200, 204)
+    r = client.get("/v1/items/i3/similar", params={"k": 3})
+    assert r.status_code == 404, r.text
+    assert "deleted" in r.json()["error"]["message"]
+    assert client.put("/v1/items/i3", json={"title": "t"}).status_code in (200, 201)
+    assert client.get("/v1/items/i3/similar", params={"k": 3}).status_code == 200

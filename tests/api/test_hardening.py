@@ -18,6 +18,7 @@ NUL_PATHS = [
     ("get", "/v1/items/a%00b/similar"),
     ("get", "/v1/admin/jobs/a%00b"),
     ("post", "/v1/admin/models/a%00b/activate"),
+    ("get", "/v1/users/a%00b/recommendations"),
 ]
 
 
@@ -46,7 +47,14 @@ def test_slash_in_ids_is_refused_everywhere(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/items?category=a%00b", "/v1/popular?category=a%00b", "/v1/popular?window=a%00b"]
+    "path",
+    [
+        "/v1/items?category=a%00b",
+        "/v1/popular?category=a%00b",
+        "/v1/popular?window=a%00b",
+        "/v1/users/u1/recommendations?category=a%00b",
+        "/v1/users/u1/recommendations?exclude=i1,a%00b",
+    ],
 )
 def test_nul_in_query_filters_is_422(client: TestClient, path: str) -> None:
     err = _error(client.get(path))

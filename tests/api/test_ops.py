@@ -150,3 +150,23 @@ def test_readyz_names_the_dependency_without_internals(settings: Settings) -> No
     assert {"dependency": "database", "status": "unavailable"} in error["details"]
     for leak in ("127.0.0.1", "5432", "psycopg", "sqlite", "connection"):
         assert leak not in r.text
+
+
+def test_metrics_count_which_strategy_answered_and_an_unknown_category_says_so(client: TestClient) -> None:
+    """reco_recommendations_total{kind,strategy}: computed answers and cache hits alike; an empty answer for
+    an unknown category carries a `note` (before: an empty list, no hint, no counter)."""
+    events = [{"event_id": f"e{n}", "user_id": f"u{n}", "item_id": "i1", "type": "view"} for n in range(3)]
+    client.put("/v1/items/i1", json={"title": "t", "categories": ["toys"]})
+    assert client.post("/v1/events", json={"events": events}).status_code == 200
+    for _ in range(2):  # a miss, then (once stored) maybe a hit: both counted
+        assert client.get("/v1/users/nobody/recommendations").status_code == 200
+    empty = client.get("/v1/users/nobody/recommendations", params={"category": "no-such-category"}).json()
+    assert empty["items"] == [] and "no-such-category" in empty["note"]
+    assert "note" not in client.get("/v1/users/nobody/recommendations").json()
+    pop = client.get("/v1/popular", params={"category": "no-such-category"}).json()
+    assert pop["items"] == [] and "note" in pop
+    text = client.get("/metrics").text
+    name = "reco_recommendations_total"
+    assert metric(text, name, kind="user", strategy="popular") == 3
+    assert metric(text, name, kind="user", strategy="popular_category") == 1
+    assert metric(text, name, kind="popular", strategy="popular_category") == 1

@@ -10,6 +10,7 @@ threads.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import KeyFirstRoute, get_state, require
 from app.api.params import NO_CONTROL, ItemIdPath, label_query
+from app.api.state import AppState
 from app.catalog import repository as catalog
 from app.db.tables import ID_LENGTH
 from app.errors import NotFound, ValidationFailed
@@ -48,7 +50,15 @@ JSON = "application/json"
 DEGRADED = "X-Reco-Degraded"  # names the dependency that could not be reached: the answer may be less fresh
 
 
-def _answer(body: bytes, cache: str, degraded: str | None = None) -> Response:
+_STRATEGY = b'"strategy":"'
+
+
+def _answer(state: AppState, kind: str, body: bytes, cache: str, degraded: str | None = None) -> Response:
+    """The JSON answer with its headers; counts which strategy answered (read off the body: hits too)."""
+    at = body.find(_STRATEGY)
+    if at >= 0:
+        start = at + len(_STRATEGY)
+        state.metrics.answered(kind, body[start : body.find(b'"', start)])
     headers = {"X-Cache": cache}
     if degraded:
         headers[DEGRADED] = degraded
@@ -65,6 +75,8 @@ def _exclude_list(raw: str | None) -> tuple[str, ...]:
         problem = f"at most {MAX_LIST} ids (got {len(ids)})"
     elif any(len(i) > ID_LENGTH for i in ids):
         problem = f"each id must have at most {ID_LENGTH} characters"
+    elif any(_CONTROL.search(i) for i in ids):
+        problem = "ids must not contain NUL (\\u0000) or other control characters"
     if problem:
         raise _invalid("exclude", problem)
     return ids
@@ -109,7 +121,12 @@ def _id_param(value: str | None, name: str, where: str = "query") -> str | None:
         raise _invalid(name, "must not be empty", where)
     if len(value) > ID_LENGTH:
         raise _invalid(name, f"must have at most {ID_LENGTH} characters (got {len(value)})", where)
+    if _CONTROL.search(value):
+        raise _invalid(name, "must not contain NUL (\\u0000) or other control characters", where)
     return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what NO_CONTROL (app/api/params.py) refuses
 
 
 def _user_request(request: Request) -> tuple[str, RecParams]:
@@ -174,9 +191,11 @@ async def user_recommendations(request: Request) -> Response:
     degraded = None if await state.fence.ready() else "database"
     looked = await recommender.alookup_user(user_id, params)
     if looked.answer is not None:
-        return _answer(looked.answer, "hit", degraded)
+        return _answer(state, "user", looked.answer, "hit", degraded)
     if params.explain:  # leave-one-out runs the torch tower once per history item: off the event loop
-        return _answer(await run_in_threadpool(recommender.answer_user, user_id, params, looked), "miss")
+        return _answer(
+            state, "user", await run_in_threadpool(recommender.answer_user, user_id, params, looked), "miss"
+        )
     stored = None
     if looked.history is None:  # the store read waits on I/O: in a thread, so the loop serves others
         try:
@@ -184,12 +203,12 @@ async def user_recommendations(request: Request) -> Response:
         except SQLAlchemyError as exc:  # outage: answer from what needs no store (popular), never cached
             log.warning("history of a user not read (%s): answering without it", type(exc).__name__)
             fallback = recommender.compute_user(user_id, params, looked, StoredHistory([], None))
-            return _answer(fallback.body, "miss", "database")
+            return _answer(state, "user", fallback.body, "miss", "database")
     # The rest is ~0.5 ms of CPU (numpy tower, FAISS): inline, as threads would only contend for the GIL.
     answer = recommender.compute_user(user_id, params, looked, stored)
     # Stored after the response is sent: the caller does not wait for that round trip (the store is
     # conditional on the counters, so a late write can never make a stale answer servable).
-    response = _answer(answer.body, "miss", degraded)
+    response = _answer(state, "user", answer.body, "miss", degraded)
     response.background = BackgroundTask(state.cache.astore_user, user_id, looked, answer)
     return response
 
@@ -200,9 +219,15 @@ async def user_recommendations(request: Request) -> Response:
 )
 async def session_recommendations(body: SessionIn, request: Request) -> Response:
     """Recommendations for an anonymous session from the items it just saw (`user_id` is null)."""
-    recommender = get_state(request).recommender
+    state = get_state(request)
+    recommender = state.recommender
     params = RecParams(body.k, body.category, tuple(body.exclude), body.include_seen, body.explain)
-    return _answer(await run_in_threadpool(recommender.answer_session, body.recent_items, params), "miss")
+    return _answer(
+        state,
+        "session",
+        await run_in_threadpool(recommender.answer_session, body.recent_items, params),
+        "miss",
+    )
 
 
 @router.get(
@@ -220,20 +245,24 @@ async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: 
     degraded = None if await state.fence.ready() else "database"
     epoch, hit = recommender.cached_similar(item_id, params)
     if hit is not None:
-        return _answer(hit, "hit", degraded)
+        return _answer(state, "similar", hit, "hit", degraded)
 
     def work() -> bytes | None:
-        current = state.registry.current
-        known = current is not None and current.row(item_id) is not None
-        if not known:
+        try:
             with state.sessions() as session:
-                known = catalog.get_item(session, item_id) is not None
+                deleted = catalog.item_deleted(session, item_id)
+        except SQLAlchemyError:
+            deleted = None  # the store is away: answer from what the model knows
+        if deleted:
+            raise NotFound(f"item {item_id!r} was deleted: PUT /v1/items/{{item_id}} creates it again")
+        current = state.registry.current
+        known = deleted is False or (current is not None and current.row(item_id) is not None)
         return recommender.answer_similar(item_id, params, epoch, known)
 
     body = await run_in_threadpool(work)
     if body is None:
         raise NotFound(f"item {item_id!r} not found: send it with PUT /v1/items/{{item_id}} or an event")
-    return _answer(body, "miss")
+    return _answer(state, "similar", body, "miss")
 
 
 @router.get(
@@ -253,4 +282,4 @@ async def popular_items(
     if chosen not in windows:
         msg = f"must be one of {', '.join(windows)} (got {window!r})"
         raise ValidationFailed(f"window: {msg}", details=[{"loc": ["query", "window"], "msg": msg}])
-    return _answer(state.recommender.answer_popular(k, chosen, category), "none")
+    return _answer(state, "popular", state.recommender.answer_popular(k, chosen, category), "none")
