@@ -245,7 +245,11 @@ def iter_rows(
                 f"expected {len(columns)} {name}-separated fields ({delimiter.join(columns)}), found {len(cells)}",
             )
             continue
-        yield number, {name: value for name, value in zip(columns, cells, strict=True) if value.strip()}
+        yield number, {
+            name: value
+            for name, value in zip(columns, cells, strict=True)
+            if value.strip() and name in known  # the columns warned about above are ignored, not refused
+        }
 
 
 def _split(text: str, delimiter: str) -> list[str]:

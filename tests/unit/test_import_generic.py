@@ -289,8 +289,8 @@ def test_items_are_read_with_the_fields_given_and_bad_ones_reported(tmp_path: Pa
     bad = {b.line: b.error for b in _bad(chunks)}
     assert bad == {
         3: "colour: is not a known field: remove it",
-        4: "price: input should be greater than or equal to 0",
-        5: "available: must not be null; give true or false, or leave the field out to keep the stored value",
+        4: "price: must be at least 0.0 (got -1)",
+        5: "available: must be true or false (got None)",
         6: "item_id: is required",
     }
     assert sum(c.rows for c in chunks) == 7
