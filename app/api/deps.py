@@ -156,6 +156,8 @@ class KeyFirstRoute(APIRoute):
         handler = super().get_route_handler()
         checks = [d.call for d in self.dependant.dependencies if hasattr(d.call, "reco_scope")]
         has_body = self.body_field is not None
+        if not has_body:
+            checks = []  # nothing is read before FastAPI's own dependency solving runs the key check
 
         async def run(request: Request) -> Response:
             for check in checks:
