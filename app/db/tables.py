@@ -87,10 +87,13 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32))
     value: Mapped[float | None] = mapped_column(Float)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The answer the event came from (its `recommendation_id`), when the client says so (migration 0007).
+    recommendation_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
 
     __table_args__ = (
         Index("uq_events_event_id", "event_id", unique=True),
         Index("ix_events_user_ts", "user_id", "ts"),
+        Index("ix_events_recommendation_id", "recommendation_id"),
     )
 
 
@@ -166,3 +169,59 @@ class CacheFence(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     raised_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Placement(Base):
+    """A named serving configuration (`home`, `cart`, ...): default k, filter, boosts, pins, promotions,
+    diversity, rotation and strategy, as the admin API stored it (migration 0007)."""
+
+    __tablename__ = "placements"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    revision: Mapped[int] = mapped_column(BigInteger, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Experiment(Base):
+    """An A/B test splitting one placement's traffic between variants (migration 0007).
+
+    `variants` is the list as posted ([{"name", "share", "model_version" | "strategy" | "placement"}]); once
+    stopped, `winner` answers all traffic of the placement.
+    """
+
+    __tablename__ = "experiments"
+
+    experiment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    placement: Mapped[str] = mapped_column(String(64), index=True)
+    variants: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | stopped
+    winner: Mapped[str | None] = mapped_column(String(64))
+    attribution_window_s: Mapped[int] = mapped_column(Integer, default=86400)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Impression(Base):
+    """One item shown to a user in one answer (`recommendation_id`), as the client reported it
+    (migration 0007). Stored once per (recommendation_id, item_id): a report sent twice counts once."""
+
+    __tablename__ = "impressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    recommendation_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    item_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    position: Mapped[int] = mapped_column(Integer)  # 1-based place in the list shown
+    placement: Mapped[str | None] = mapped_column(String(64))
+    experiment: Mapped[str | None] = mapped_column(String(64))
+    variant: Mapped[str | None] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("uq_impressions_rec_item", "recommendation_id", "item_id", unique=True),
+        Index("ix_impressions_user_ts", "user_id", "ts"),
+        Index("ix_impressions_experiment", "experiment", "variant"),
+    )
