@@ -334,7 +334,9 @@ def wilson_interval(successes: float, trials: float, alpha: float = 0.05) -> tup
     denominator = 1.0 + z2 / trials
     centre = (p + z2 / (2.0 * trials)) / denominator
     half = z * math.sqrt(p * (1.0 - p) / trials + z2 / (4.0 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges, not 1e-17 off
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def two_proportion_z_test(
