@@ -104,7 +104,7 @@ class UserOutcome:
     """Sum of the purchase values attributed."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class OutcomeColumns:
     """The same per-user aggregates as parallel arrays (one entry per user): the fast input for many users."""
 
@@ -670,7 +670,20 @@ def _summary(
             )
             parts.append(f"{c.variant} vs {control}: {'; '.join(c.reasons)}{mde}")
         return f"Too small to call: {'. '.join(parts)}."
-    return f"No variant differs significantly from control {control} on CTR ({'; '.join(map(describe, comparisons))}; {test})."
+    detectable = [
+        c.ctr_minimum_detectable_relative_effect
+        for c in comparisons
+        if c.ctr_minimum_detectable_relative_effect is not None
+    ]
+    reach = (
+        f" With this sample a CTR change of about {100.0 * max(detectable):.1f}% would be detected at 80% power."
+        if detectable
+        else ""
+    )
+    return (
+        f"No variant differs significantly from control {control} on CTR "
+        f"({'; '.join(map(describe, comparisons))}; {test}).{reach}"
+    )
 
 
 def report(
@@ -703,9 +716,10 @@ def report(
     arms: dict[str, _Arm] = {}
     for name in [control, *(n for n in variants if n != control)]:
         given = variants[name]
-        columns = given if isinstance(given, OutcomeColumns) else OutcomeColumns.from_outcomes(given)
-        if isinstance(given, OutcomeColumns):
-            columns._check()
+        if isinstance(given, OutcomeColumns):  # re-checked: it may have been built without from_arrays
+            columns = OutcomeColumns.from_arrays(given.impressions, given.clicks, given.conversions, given.revenue)
+        else:
+            columns = OutcomeColumns.from_outcomes(given)
         replicates = None
         if bootstrap > 0 and columns.users > 0:
             replicates = _bootstrap_arm(columns, bootstrap, _arm_seed(seed, name))

@@ -276,12 +276,12 @@ def test_synthetic_shop_b_truly_better_wins() -> None:
     assert json.loads(encoded)["winner"] == "B"
 
 
-def _declared_rate(runs: int, users: int, ctr: float, *, arms: int = 2, seed: int, **arm: float) -> float:
+def _declared_rate(runs: int, users: int, ctr: float, *, arms: int = 2, seed: int) -> float:
     """Share of seeded A/A(/A...) experiments with a winner declared (all arms have the same true CTR)."""
     rng = np.random.default_rng(seed)
     declared = 0
     for _ in range(runs):
-        variants = {f"v{i}": simulate_arm(rng, users, ctr, **arm) for i in range(arms)}  # type: ignore[arg-type]
+        variants = {f"v{i}": simulate_arm(rng, users, ctr) for i in range(arms)}
         stats = report(variants, "v0", bootstrap=0)
         declared += any(c.verdict in ("better", "worse") for c in stats.comparisons)
     return declared / runs
@@ -434,6 +434,7 @@ def test_winner_rules_with_three_or_more_variants() -> None:
     nothing = report({"A": base, "B": same}, "A", bootstrap=0)
     assert nothing.comparison("B").verdict == "no_difference" and nothing.winner is None
     assert nothing.summary.startswith("No variant differs significantly")
+    assert "would be detected at 80% power" in nothing.summary
 
 
 def test_holm_correction_changes_a_borderline_verdict() -> None:
