@@ -189,7 +189,7 @@ def _write(
 ) -> np.ndarray:
     """`col` with `values` at `rows`: the same array when nothing changes, else a fresh [n_new] copy."""
     if col is None:
-        col = np.full(n_old, fill, dtype=values.dtype)
+        col = _frozen(np.full(n_old, fill, dtype=values.dtype))
     if n_new == n_old:
         current = col[rows]
         same = (
