@@ -269,7 +269,7 @@ class ItemTable:
     @classmethod
     def empty(cls) -> ItemTable:
         """A table of no rows (revision 0) with a fresh string pool."""
-        cols = {
+        cols: dict[str, np.ndarray] = {
             "item_id": np.zeros(0, np.int32),  # [n_rows] pool codes, -1 missing
             "title": np.zeros(0, np.int32),  # [n_rows] pool codes, -1 missing
             "price": np.zeros(0, np.float64),  # [n_rows] NaN missing
@@ -506,7 +506,7 @@ def _record_values(rec: ItemRecord, base: str, attr: str | None) -> tuple[Hashab
             return ()
         if kind == K_LIST:
             return tuple(_key_value(k) for k in payload)
-        if kind == K_NUMBER or kind == K_STRING:
+        if kind in (K_NUMBER, K_STRING):
             return (payload,)
         return (kind == K_TRUE,)
     if base in MULTI_FIELDS:
