@@ -101,9 +101,34 @@ def attr_value(value: Any) -> tuple[int, Any]:
 
 def multi_values(values: Any) -> tuple[str, ...]:
     """The distinct strings of a `categories` / `tags` tuple, in order."""
-    if not isinstance(values, tuple | list):
+    if type(values) is tuple:
+        if not values:
+            return values
+        if len(values) == 1:
+            return values if type(values[0]) is str else ()
+    elif not isinstance(values, tuple | list):
         return ()
     return tuple(dict.fromkeys(v for v in values if isinstance(v, str)))
+
+
+def _group_rows(rows: list[int], values: list[tuple[Any, ...]]) -> dict[Any, np.ndarray]:
+    """value -> int64 rows (ascending when `rows` is) of the rows whose tuple holds the value."""
+    flat = [v for vals in values for v in vals]
+    if not flat:
+        return {}
+    codes: dict[Any, int] = {}
+    flat_codes = np.asarray([codes.setdefault(v, len(codes)) for v in flat], dtype=np.int64)  # [m]
+    counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values))  # [k]
+    flat_rows = np.repeat(np.asarray(rows, dtype=np.int64), counts)  # [m]
+    order = np.argsort(flat_codes, kind="stable")
+    bounds = np.cumsum(np.bincount(flat_codes, minlength=len(codes)))
+    sorted_rows = flat_rows[order]
+    out: dict[Any, np.ndarray] = {}
+    start = 0
+    for value, end in zip(codes, bounds.tolist(), strict=True):
+        out[value] = sorted_rows[start:end]
+        start = end
+    return out
 
 
 def _key_value(key: Key) -> Hashable:
@@ -216,7 +241,9 @@ def _extend(col: np.ndarray, n_new: int, fill: Any) -> np.ndarray:
 
 
 def _update_index(
-    index: Mapping[Any, np.ndarray], adds: Mapping[Any, list[int]], removes: Mapping[Any, list[int]]
+    index: Mapping[Any, np.ndarray],
+    adds: Mapping[Any, list[int] | np.ndarray],
+    removes: Mapping[Any, list[int]],
 ) -> Mapping[Any, np.ndarray]:
     """A copy of `index` with rows removed from and added to the lists of the keys given.
 
@@ -231,7 +258,7 @@ def _update_index(
         if gone:
             cur = np.delete(cur, np.searchsorted(cur, np.asarray(gone, dtype=np.int64)))
         new = adds.get(key)
-        if new:
+        if new is not None and len(new):
             add = np.asarray(new, dtype=np.int64)
             if len(add) > 1 and not bool(np.all(add[1:] > add[:-1])):
                 add = np.sort(add)
@@ -386,7 +413,7 @@ class ItemTable:
         put("item_id", pool.intern_many([r.item_id for r in recs]), -1)
         put("title", pool.intern_many([r.title for r in recs]), -1)
         nan = math.nan
-        prices = [as_number(r.price) for r in recs]
+        prices = [p if type(p := r.price) is float and p == p else as_number(p) for r in recs]
         put("price", np.asarray([nan if p is None else p for p in prices], dtype=np.float64), nan)
         put("available", np.asarray([1 if r.available else 0 for r in recs], dtype=np.int8), -1)
         stamps = [as_epoch(r.published_at) for r in recs]
@@ -398,21 +425,27 @@ class ItemTable:
             put(field + "#count", np.asarray([len(v) for v in new_vals], dtype=np.int32), 0)
             adds: defaultdict[Any, list[int]] = defaultdict(list)
             removes: defaultdict[Any, list[int]] = defaultdict(list)
+            fresh_rows: list[int] = []
+            fresh_vals: list[tuple[str, ...]] = []
             for row, old, new in zip(order, old_recs, new_vals, strict=True):
                 old_vals = () if old is None else multi_values(getattr(old, field))
-                if old_vals == new_vals:
+                if old_vals == new:
                     continue
                 if not old_vals:
-                    for v in new:
-                        adds[v].append(row)
+                    fresh_rows.append(row)
+                    fresh_vals.append(new)
                     continue
-                o, s = set(old_vals), set(new)
-                for v in o - s:
+                o = set(old_vals)
+                for v in o.difference(new):
                     removes[v].append(row)
                 for v in new:
                     if v not in o:
                         adds[v].append(row)
-            indexes[field] = _update_index(self._indexes[field], adds, removes)
+            all_adds: dict[Any, list[int] | np.ndarray] = dict(adds)
+            for v, fresh in _group_rows(fresh_rows, fresh_vals).items():
+                more = all_adds.get(v)
+                all_adds[v] = fresh if more is None else np.concatenate([np.asarray(more, np.int64), fresh])
+            indexes[field] = _update_index(self._indexes[field], all_adds, removes)
 
         attrs = self._update_attrs(order, rows, old_recs, recs, n_old, n_new)
         return ItemTable(n_new, self._revision + 1, pool, records, cols, indexes, attrs)
@@ -426,33 +459,28 @@ class ItemTable:
         n_old: int,
         n_new: int,
     ) -> Mapping[str, AttrColumns]:
-        # name -> (rows, new (kind, payload), old list keys) of the rows whose value of `name` changes
-        changed: defaultdict[str, tuple[list[int], list[tuple[int, Any]], list[tuple[Key, ...]]]] = (
-            defaultdict(lambda: ([], [], []))
+        # name -> (rows, new raw values, old list keys) of the rows whose value of `name` may change
+        changed: defaultdict[str, tuple[list[int], list[Any], list[tuple[Key, ...]]]] = defaultdict(
+            lambda: ([], [], [])
         )
         for row, old, new in zip(order, old_recs, recs, strict=True):
             new_attrs = new.attributes if isinstance(new.attributes, dict) else {}
             old_attrs = old.attributes if old is not None and isinstance(old.attributes, dict) else {}
             if not old_attrs:
                 for name, value in new_attrs.items():
-                    if isinstance(name, str):
-                        nv = attr_value(value)
-                        if nv[0] != K_MISSING:
-                            entry = changed[name]
-                            entry[0].append(row)
-                            entry[1].append(nv)
-                            entry[2].append(())
+                    entry = changed[name]
+                    entry[0].append(row)
+                    entry[1].append(value)
+                    entry[2].append(())
                 continue
             for name in {**old_attrs, **new_attrs}:
-                if not isinstance(name, str):
-                    continue
                 ov = attr_value(old_attrs.get(name))
-                nv = attr_value(new_attrs.get(name))
-                if ov == nv:
+                value = new_attrs.get(name)
+                if ov == attr_value(value):
                     continue
                 entry = changed[name]
                 entry[0].append(row)
-                entry[1].append(nv)
+                entry[1].append(value)
                 entry[2].append(ov[1] if ov[0] == K_LIST else ())
 
         attrs = dict(self._attrs)
@@ -465,36 +493,85 @@ class ItemTable:
                         None if ac.text is None else _extend(ac.text, n_new, -1),
                         ac.lists,
                     )
-        nan = math.nan
         for name, (arows, values, old_lists) in changed.items():
+            if not isinstance(name, str):
+                continue
             ac_old = self._attrs.get(name)
-            at = np.asarray(arows, dtype=np.int64)  # [m] sorted
-            kinds = np.asarray([k for k, _ in values], dtype=np.int8)
+            kinds, nums, strs, list_keys = _classify(values)
+            if ac_old is None and not bool(np.any(kinds != K_MISSING)):
+                continue  # a name seen only with missing values needs no columns
+            at = np.asarray(arows, dtype=np.int64)  # [m]
             kind_col = _write(None if ac_old is None else ac_old.kind, at, kinds, n_old, n_new, K_MISSING)
             num_col = None if ac_old is None else ac_old.num
-            if num_col is not None or any(k == K_NUMBER for k, _ in values):
-                nums = np.asarray([p if k == K_NUMBER else nan for k, p in values], dtype=np.float64)
-                num_col = _write(num_col, at, nums, n_old, n_new, nan)
+            if num_col is not None or nums is not None:
+                if nums is None:
+                    nums = np.full(len(values), math.nan)
+                num_col = _write(num_col, at, nums, n_old, n_new, math.nan)
             text_col = None if ac_old is None else ac_old.text
-            if text_col is not None or any(k == K_STRING for k, _ in values):
-                codes = self._pool.intern_many([p if k == K_STRING else None for k, p in values])
+            if text_col is not None or strs is not None:
+                codes = (
+                    self._pool.intern_many(strs) if strs is not None else np.full(len(values), -1, np.int32)
+                )
                 text_col = _write(text_col, at, codes, n_old, n_new, -1)
             adds: defaultdict[Key, list[int]] = defaultdict(list)
             removes: defaultdict[Key, list[int]] = defaultdict(list)
-            for row, (k, p), old_keys in zip(arows, values, old_lists, strict=True):
-                new_keys: tuple[Key, ...] = p if k == K_LIST else ()
-                if old_keys == new_keys:
-                    continue
-                o = set(old_keys)
-                s = set(new_keys)
-                for key in o - s:
-                    removes[key].append(row)
-                for key in new_keys:
-                    if key not in o:
-                        adds[key].append(row)
-            lists = _update_index({} if ac_old is None else ac_old.lists, adds, removes)
+            fresh_rows: list[int] = []
+            fresh_keys: list[tuple[Key, ...]] = []
+            if list_keys is not None or any(old_lists):
+                for i, (row, old_keys) in enumerate(zip(arows, old_lists, strict=True)):
+                    new_keys = () if list_keys is None else list_keys[i]
+                    if old_keys == new_keys:
+                        continue
+                    if not old_keys:
+                        fresh_rows.append(row)
+                        fresh_keys.append(new_keys)
+                        continue
+                    o = set(old_keys)
+                    for key in o.difference(new_keys):
+                        removes[key].append(row)
+                    for key in new_keys:
+                        if key not in o:
+                            adds[key].append(row)
+            all_adds: dict[Key, list[int] | np.ndarray] = dict(adds)
+            for key, fresh in _group_rows(fresh_rows, fresh_keys).items():
+                more = all_adds.get(key)
+                all_adds[key] = fresh if more is None else np.concatenate([np.asarray(more, np.int64), fresh])
+            lists = _update_index({} if ac_old is None else ac_old.lists, all_adds, removes)
             attrs[name] = AttrColumns(kind_col, num_col, text_col, lists)
         return attrs
+
+
+def _classify(
+    values: list[Any],
+) -> tuple[np.ndarray, np.ndarray | None, list[Any] | None, list[tuple[Key, ...]] | None]:
+    """Raw attribute values as (kinds [m] int8, numbers [m] float64 or None, strings or None, list keys or None);
+    None where no value is of that type."""
+    m = len(values)
+    types = set(map(type, values))
+    if types == {str}:
+        return np.full(m, K_STRING, dtype=np.int8), None, values, None
+    if types == {bool}:
+        flags = np.asarray(values, dtype=bool)
+        return np.where(flags, K_TRUE, K_FALSE).astype(np.int8), None, None, None
+    if types and types <= {int, float}:
+        try:
+            nums = np.asarray(values, dtype=np.float64)  # [m]
+        except OverflowError:
+            pass
+        else:
+            missing = np.isnan(nums)
+            return np.where(missing, K_MISSING, K_NUMBER).astype(np.int8), nums, None, None
+    pairs = [attr_value(v) for v in values]
+    kinds = np.asarray([k for k, _ in pairs], dtype=np.int8)  # [m]
+    has = set(kinds.tolist())
+    nums_out = (
+        np.asarray([p if k == K_NUMBER else math.nan for k, p in pairs], dtype=np.float64)
+        if K_NUMBER in has
+        else None
+    )
+    strs = [p if k == K_STRING else None for k, p in pairs] if K_STRING in has else None
+    keys = [p if k == K_LIST else () for k, p in pairs] if K_LIST in has else None
+    return kinds, nums_out, strs, keys
 
 
 def _record_values(rec: ItemRecord, base: str, attr: str | None) -> tuple[Hashable, ...]:
