@@ -159,7 +159,8 @@ def rerank(
     _check(k, boosts, promotions, promoted_pools, pins, diversity, mmr, rotation)
     placed = _place_pins(pins, k)  # 0-based position -> row
     pool_rows, raw = _pool(rows, scores, promoted_pools)  # [P], [P]
-    adj, key, last, boosted, demoted = _adjust(pool_rows, raw, logits, boosts, rotation)  # [P] x3, [B, P], [P]
+    # [P] adjusted scores, [P] sort keys, [P] rotated last, [B, P] boost hits, [P] demoted
+    adj, key, last, boosted, demoted = _adjust(pool_rows, raw, logits, boosts, rotation)
 
     order = np.argsort(-key, kind="stable")  # [P] the base ranking
     if last.any():
@@ -359,7 +360,8 @@ class _Selector:
         self.tags: dict[int, list[int]] = {}  # rank -> promotions it counted toward
         self.need = list(quota)
         self.outstanding = sum(quota)
-        self.promoted = cast(list[bool], match.any(axis=0).tolist()) if match.shape[0] else [False] * size  # [Q]
+        promoted = cast(list[bool], match.any(axis=0).tolist()) if match.shape[0] else [False] * size
+        self.promoted = promoted  # [Q] matches any promotion
         self.match_rows: list[list[bool]] = match.T.tolist()  # [Q][R]
         self.cap = diversity.max_per_list if diversity is not None else 0
         self.values = diversity.values(ranked_rows) if diversity is not None else None  # [Q] tuples
@@ -449,7 +451,9 @@ class _Selector:
 
     def ordered(self) -> tuple[list[int], list[int]]:
         """The picks in output order: strict and reserved ones by rank, then the relaxed fill in pick order."""
-        main = sorted((q, kind) for q, kind in zip(self.picks, self.kinds, strict=True) if kind != _RELAXED_FILL)
+        main = sorted(
+            (q, kind) for q, kind in zip(self.picks, self.kinds, strict=True) if kind != _RELAXED_FILL
+        )
         fill = [q for q, kind in zip(self.picks, self.kinds, strict=True) if kind == _RELAXED_FILL]
         picks = [q for q, _ in main] + fill
         kinds = [kind for _, kind in main] + [_RELAXED_FILL] * len(fill)
@@ -511,7 +515,7 @@ def _assemble(
     demoted: np.ndarray,
 ) -> Ranked:
     """Interleave the pins with the picks (compacting when the picks run out), with scores and reasons."""
-    chosen = order[np.asarray(picks, dtype=np.int64)] if picks else np.empty(0, dtype=np.int64)  # [n] pool idx
+    chosen = order[np.asarray(picks, dtype=np.int64)]  # [n] pool indices of the picks
     pool_index: dict[int, int] = {}
     if placed:
         pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))
