@@ -167,7 +167,7 @@ def rerank(
         order = np.concatenate([order[~last[order]], order[last[order]]])
     pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
     if pinned.size:
-        order = order[~np.isin(pool_rows[order], pinned)]  # [Q]
+        order = order[~_isin(pool_rows[order], pinned)]  # [Q]
     m = k - len(placed)  # slots left to the ranking
 
     match = _matches(promotions, pool_rows[order])  # [R, Q]
@@ -264,11 +264,19 @@ def _pool(
     valid = pool_rows >= 0
     if not valid.all():
         pool_rows, pool_scores = pool_rows[valid], pool_scores[valid]
-    _, first = np.unique(pool_rows, return_index=True)
-    if first.size != pool_rows.size:
+    ordered = np.sort(pool_rows)  # [P]
+    if ordered.size > 1 and (ordered[1:] == ordered[:-1]).any():
+        _, first = np.unique(pool_rows, return_index=True)
         first.sort()
         pool_rows, pool_scores = pool_rows[first], pool_scores[first]
     return pool_rows, pool_scores
+
+
+def _isin(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """bool [len(values)]: np.isin, by broadcasting when `among` is small (much cheaper there)."""
+    if among.size <= 32:
+        return (values[:, None] == among[None, :]).any(axis=1)
+    return np.isin(values, among)
 
 
 def _adjust(
@@ -293,7 +301,7 @@ def _adjust(
     key = adj  # [P] what the base ranking sorts on
     last = np.zeros(pool_rows.size, dtype=bool)  # [P]
     if rotation is not None and len(rotation.demoted):
-        demoted = np.isin(pool_rows, np.asarray(rotation.demoted, dtype=np.int64))  # [P]
+        demoted = _isin(pool_rows, np.asarray(rotation.demoted, dtype=np.int64))  # [P]
         if demoted.any():
             key = adj.copy()  # demoted rows keep their pre-rotation score as the key within the last tier
             if rotation.factor == 0:
@@ -430,20 +438,22 @@ class _Selector:
     def walk(self, m: int) -> None:
         """Greedy over the base ranking until m picks or the pool is exhausted."""
         everything = range(self.size)
+        promoted_ranks = [q for q, hit in enumerate(self.promoted) if hit]  # the only takers without slack
+        taken, blocked = self.taken, self.blocked
         while len(self.picks) < m:
             found = -1
-            advancing = True
-            q = self.start
-            while q < self.size:
-                if self.taken[q] or self.blocked(q):
-                    if advancing:
-                        self.start = q + 1
-                elif self.acceptable(q, m):
+            if m - len(self.picks) > self.outstanding:  # a free slot: the first item within the cap
+                q = self.start
+                while q < self.size and (taken[q] or blocked(q)):
+                    q += 1  # taken or blocked for good (counts only grow): never looked at again
+                self.start = q
+                if q < self.size:
                     found = q
-                    break
-                else:
-                    advancing = False
-                q += 1
+            else:  # every slot left is reserved: the first item within the cap that meets a reservation
+                for q in promoted_ranks:
+                    if not taken[q] and self.reduces(q) and not blocked(q):
+                        found = q
+                        break
             if found >= 0:
                 self.take(found, _STRICT)
             elif not self.fallback(everything, m):
@@ -519,7 +529,7 @@ def _assemble(
     pool_index: dict[int, int] = {}
     if placed:
         pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))
-        hits = np.flatnonzero(np.isin(pool_rows, pinned))
+        hits = np.flatnonzero(_isin(pool_rows, pinned))
         pool_index = {int(pool_rows[j]): int(j) for j in hits}
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
 
