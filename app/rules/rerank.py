@@ -478,37 +478,46 @@ def _mmr_walk(
     vectors = np.asarray(mmr.vectors(ranked_rows), dtype=np.float32)  # [Q, d]
     if vectors.ndim != 2 or vectors.shape[0] != q_size:
         raise ValueError(f"mmr.vectors returned shape {vectors.shape} for {q_size} rows")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # [Q, 1]
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]  # [Q, 1]
     unit = vectors / np.where(norms > 0, norms, 1.0)  # [Q, d]
-    finite = np.isfinite(rel_key)
-    lo = rel_key[finite].min() if finite.any() else 0.0
-    hi = rel_key[finite].max() if finite.any() else 0.0
+    finite = np.isfinite(rel_key)  # [Q]
+    all_finite = bool(finite.all())
+    lo = rel_key.min() if all_finite else (rel_key[finite].min() if finite.any() else 0.0)
+    hi = rel_key.max() if all_finite else (rel_key[finite].max() if finite.any() else 0.0)
     if hi > lo:
-        rel = np.clip(np.nan_to_num((rel_key - lo) / (hi - lo), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        rel = (rel_key - lo) / (hi - lo)  # [Q]
+        if not all_finite:
+            rel = np.clip(np.nan_to_num(rel, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     else:
         rel = np.ones(q_size)  # [Q]
     lam = float(mmr.lambda_)
     base = lam * rel - _LAST_TIER_PENALTY * last  # [Q]
     max_sim = np.zeros(q_size, dtype=np.float64)  # [Q] max cosine to the picks (0 before the first)
     taken = np.zeros(q_size, dtype=bool)  # [Q]
-    while len(selector.picks) < m and not taken.all():
+    n_taken = 0
+    while len(selector.picks) < m and n_taken < q_size:
         objective = base - (1.0 - lam) * max_sim  # [Q]
         objective[taken] = -np.inf
-        candidates = np.argsort(-objective, kind="stable")[: q_size - int(taken.sum())].tolist()
-        found = -1
-        for q in candidates:
-            if not selector.blocked(q) and selector.acceptable(q, m):
-                found = q
-                break
+        best = int(objective.argmax())  # the first of the ties: the earlier rank, as the stable sort below
         before = len(selector.picks)
-        if found >= 0:
-            selector.take(found, _STRICT)
-        elif not selector.fallback(candidates, m):
-            return
+        if not selector.blocked(best) and selector.acceptable(best, m):
+            selector.take(best, _STRICT)
+        else:
+            candidates = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+            found = -1
+            for q in candidates:
+                if not selector.blocked(q) and selector.acceptable(q, m):
+                    found = q
+                    break
+            if found >= 0:
+                selector.take(found, _STRICT)
+            elif not selector.fallback(candidates, m):
+                return
         q = selector.picks[before]
         sim = unit @ unit[q]  # [Q]
         max_sim = sim.astype(np.float64) if before == 0 else np.maximum(max_sim, sim)
         taken[q] = True
+        n_taken += 1
 
 
 def _assemble(
@@ -525,49 +534,46 @@ def _assemble(
     demoted: np.ndarray,
 ) -> Ranked:
     """Interleave the pins with the picks (compacting when the picks run out), with scores and reasons."""
-    chosen = order[np.asarray(picks, dtype=np.int64)]  # [n] pool indices of the picks
+    chosen: list[int] = order[np.asarray(picks, dtype=np.int64)].tolist()  # [n] pool indices of the picks
     pool_index: dict[int, int] = {}
     if placed:
         pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))
         hits = np.flatnonzero(_isin(pool_rows, pinned))
-        pool_index = {int(pool_rows[j]): int(j) for j in hits}
+        pool_index = dict(zip(pool_rows[hits].tolist(), hits.tolist(), strict=True))
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
 
+    out_pool: list[int] = []  # pool index per output item, -1 for a pin outside the pool
     out_rows: list[int] = []
-    out_scores: list[float] = []
-    reasons: list[list[str]] = []
-    n_boosts = boosted.shape[0]
+    late: list[list[str]] = []  # promotion, diversity and pin reasons per output item
     nxt = 0
     for position in range(k):
         if position in placed:
             row = placed[position]
-            j = pool_index.get(row, -1)
-            why = _reasons(j, n_boosts, boosted, demoted) if j >= 0 else []
-            why += [f"promotion:{i}" for i in pin_tags[pin_order[row]]]
-            why.append("pin")
+            out_pool.append(pool_index.get(row, -1))
             out_rows.append(row)
-            out_scores.append(float(adj[j]) if j >= 0 else math.nan)
-            reasons.append(why)
+            late.append([*(f"promotion:{i}" for i in pin_tags[pin_order[row]]), "pin"])
         elif nxt < len(picks):
-            j = int(chosen[nxt])
-            why = _reasons(j, n_boosts, boosted, demoted)
-            why += [f"promotion:{i}" for i in tags.get(picks[nxt], ())]
+            out_pool.append(chosen[nxt])
+            out_rows.append(-1)
+            why = [f"promotion:{i}" for i in tags.get(picks[nxt], ())]
             if kinds[nxt] != _STRICT:
                 why.append("diversity:relaxed")
-            out_rows.append(int(pool_rows[j]))
-            out_scores.append(float(adj[j]))
-            reasons.append(why)
+            late.append(why)
             nxt += 1
-    return Ranked(
-        rows=np.asarray(out_rows, dtype=np.int64),
-        scores=np.asarray(out_scores, dtype=np.float64),
-        reasons=reasons,
-    )
 
-
-def _reasons(j: int, n_boosts: int, boosted: np.ndarray, demoted: np.ndarray) -> list[str]:
-    """The boost and rotation reasons of pool item j."""
-    why = [f"boost:{b}" for b in range(n_boosts) if boosted[b, j]]
-    if demoted[j]:
-        why.append("rotation")
-    return why
+    idx = np.asarray(out_pool, dtype=np.int64)  # [n]
+    inside = idx >= 0  # [n]
+    rows = np.asarray(out_rows, dtype=np.int64)  # [n]
+    rows[inside] = pool_rows[idx[inside]]
+    scores = np.full(idx.size, np.nan)  # [n]
+    scores[inside] = adj[idx[inside]]
+    reasons = late
+    if pool_rows.size and (boosted.shape[0] or demoted.any()):
+        safe = np.where(inside, idx, 0)  # [n]
+        hit_rows: list[list[bool]] = (boosted[:, safe] & inside).T.tolist()  # [n][B]
+        rotated: list[bool] = (demoted[safe] & inside).tolist()  # [n]
+        reasons = [
+            [*(f"boost:{b}" for b, hit in enumerate(hits_b) if hit), *(["rotation"] if rot else []), *why]
+            for hits_b, rot, why in zip(hit_rows, rotated, late, strict=True)
+        ]
+    return Ranked(rows=rows, scores=scores, reasons=reasons)
