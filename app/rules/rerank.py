@@ -330,6 +330,8 @@ def _reservations(
     promotions: Sequence[Promotion], k: int, m: int, pinned: np.ndarray, match: np.ndarray
 ) -> tuple[list[int], list[list[int]]]:
     """(slots still to fill per promotion from the ranking, promotions each pin counted toward [p])."""
+    if not promotions:
+        return [], [[] for _ in range(pinned.size)]
     quota: list[int] = []
     left = k
     for promotion in promotions:
@@ -534,12 +536,21 @@ def _assemble(
     demoted: np.ndarray,
 ) -> Ranked:
     """Interleave the pins with the picks (compacting when the picks run out), with scores and reasons."""
-    chosen: list[int] = order[np.asarray(picks, dtype=np.int64)].tolist()  # [n] pool indices of the picks
-    pool_index: dict[int, int] = {}
-    if placed:
-        pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))
-        hits = np.flatnonzero(_isin(pool_rows, pinned))
-        pool_index = dict(zip(pool_rows[hits].tolist(), hits.tolist(), strict=True))
+    picked = order[np.asarray(picks, dtype=np.int64)]  # [n] pool indices of the picks
+    if not placed:  # the common case, without the per-position walk
+        after = [[f"promotion:{i}" for i in tags.get(q, ())] for q in picks] if tags else [[] for _ in picks]
+        for n, kind in enumerate(kinds):
+            if kind != _STRICT:
+                after[n].append("diversity:relaxed")
+        return Ranked(
+            rows=pool_rows[picked],
+            scores=adj[picked],
+            reasons=_early_reasons(picked, boosted, demoted, after),
+        )
+    chosen: list[int] = picked.tolist()
+    pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
+    hits = np.flatnonzero(_isin(pool_rows, pinned))
+    pool_index: dict[int, int] = dict(zip(pool_rows[hits].tolist(), hits.tolist(), strict=True))
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
 
     out_pool: list[int] = []  # pool index per output item, -1 for a pin outside the pool
@@ -568,12 +579,29 @@ def _assemble(
     scores = np.full(idx.size, np.nan)  # [n]
     scores[inside] = adj[idx[inside]]
     reasons = late
-    if pool_rows.size and (boosted.shape[0] or demoted.any()):
-        safe = np.where(inside, idx, 0)  # [n]
-        hit_rows: list[list[bool]] = (boosted[:, safe] & inside).T.tolist()  # [n][B]
-        rotated: list[bool] = (demoted[safe] & inside).tolist()  # [n]
-        reasons = [
-            [*(f"boost:{b}" for b, hit in enumerate(hits_b) if hit), *(["rotation"] if rot else []), *why]
-            for hits_b, rot, why in zip(hit_rows, rotated, late, strict=True)
-        ]
+    if pool_rows.size and idx.size:
+        reasons = _early_reasons(np.where(inside, idx, 0), boosted, demoted, late, inside)
     return Ranked(rows=rows, scores=scores, reasons=reasons)
+
+
+def _early_reasons(
+    idx: np.ndarray,
+    boosted: np.ndarray,
+    demoted: np.ndarray,
+    late: list[list[str]],
+    inside: np.ndarray | None = None,
+) -> list[list[str]]:
+    """The boost and rotation reasons of pool items `idx` [n] (those where `inside` [n] holds), then `late`."""
+    if not boosted.shape[0] and not demoted.any():
+        return late
+    hits = boosted[:, idx]  # [B, n]
+    rotated = demoted[idx]  # [n]
+    if inside is not None:
+        hits &= inside
+        rotated &= inside
+    hit_rows: list[list[bool]] = hits.T.tolist()  # [n][B]
+    rotated_list: list[bool] = rotated.tolist()  # [n]
+    return [
+        [*(f"boost:{b}" for b, hit in enumerate(hits_b) if hit), *(["rotation"] if rot else []), *why]
+        for hits_b, rot, why in zip(hit_rows, rotated_list, late, strict=True)
+    ]
