@@ -144,8 +144,11 @@ def insert_impressions(session: Session, impressions: Sequence[NewImpression]) -
             insert(Impression)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["recommendation_id", "item_id"])
+            .returning(
+                Impression.id
+            )  # rowcount is -1 for a multi-row insert on psycopg: count what came back
         )
-        if int(session.execute(stmt).rowcount):  # type: ignore[attr-defined]
+        if session.execute(stmt).all():
             stored += 1
         else:
             repeated += 1
@@ -220,3 +223,28 @@ def iter_interactions(
 def max_event_id(session: Session) -> int:
     """The newest event's row id (0 when empty)."""
     return int(session.scalar(select(func.max(Event.id))) or 0)
+
+
+_ROTATED = text(
+    "SELECT item_id FROM impressions WHERE user_id = :user_id AND ts >= :since "
+    "GROUP BY item_id HAVING count(*) >= :after"
+)
+
+
+def shown_often(conn: Connection, user_id: str, since: datetime, after: int) -> list[str]:
+    """Items shown to the user `after` times or more since `since` (one indexed query: rotation)."""
+    ts: datetime | str = as_utc(since)
+    if conn.dialect.name == "sqlite":
+        ts = _sqlite_ts(since)
+    return [r[0] for r in conn.execute(_ROTATED, {"user_id": user_id, "since": ts, "after": after})]
+
+
+_BEFORE = text(
+    "SELECT item_id, type FROM events WHERE user_id = :user_id AND ts < :ts ORDER BY ts DESC, id DESC LIMIT :limit"
+)
+
+
+def history_before(conn: Connection, user_id: str, ts: datetime, limit: int) -> list[tuple[str, str]]:
+    """(item_id, type) of the user's latest `limit` events before `ts`, newest first (offline replay)."""
+    at: datetime | str = _sqlite_ts(ts) if conn.dialect.name == "sqlite" else as_utc(ts)
+    return [(r[0], r[1]) for r in conn.execute(_BEFORE, {"user_id": user_id, "ts": at, "limit": limit})]

@@ -150,7 +150,9 @@ class OutcomeColumns:
     def _check(self) -> None:
         sizes = {a.shape[0] for a in (self.impressions, self.clicks, self.conversions, self.revenue)}
         if len(sizes) != 1:
-            raise ValueError(f"impressions, clicks, conversions and revenue differ in length: {sorted(sizes)}")
+            raise ValueError(
+                f"impressions, clicks, conversions and revenue differ in length: {sorted(sizes)}"
+            )
         for name in ("impressions", "clicks", "conversions", "revenue"):
             values = getattr(self, name)
             if not np.all(np.isfinite(values)):
@@ -160,7 +162,9 @@ class OutcomeColumns:
         if np.any(self.clicks > self.impressions):
             raise ValueError("a user has more clicks than impressions (clicks count distinct shown items)")
         if np.any(self.conversions > self.impressions):
-            raise ValueError("a user has more conversions than impressions (conversions count distinct shown items)")
+            raise ValueError(
+                "a user has more conversions than impressions (conversions count distinct shown items)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -548,7 +552,9 @@ def _raw_comparison(arm: _Arm, control: _Arm, limits: tuple[int, int, int]) -> _
             ctr_p = 1.0 if ctr_lift == 0 else 0.0
     ctr_p_pooled = None
     if arm.impressions > 0 and control.impressions > 0:
-        ctr_p_pooled = two_proportion_z_test(control.clicks, control.impressions, arm.clicks, arm.impressions)[1]
+        ctr_p_pooled = two_proportion_z_test(
+            control.clicks, control.impressions, arm.clicks, arm.impressions
+        )[1]
     ctr_p_bootstrap = None
     if arm.replicates is not None and control.replicates is not None:
         ctr_p_bootstrap = _bootstrap_p(
@@ -558,7 +564,9 @@ def _raw_comparison(arm: _Arm, control: _Arm, limits: tuple[int, int, int]) -> _
     return _Raw(arm, reasons, ctr_lift, ctr_relative, ctr_se, ctr_p, ctr_p_pooled, ctr_p_bootstrap)
 
 
-def _finish_comparison(raw: _Raw, control: _Arm, p_adjusted: float | None, alpha: float, k: int) -> Comparison:
+def _finish_comparison(
+    raw: _Raw, control: _Arm, p_adjusted: float | None, alpha: float, k: int
+) -> Comparison:
     arm = raw.arm
     verdict: Verdict
     if raw.reasons or p_adjusted is None or raw.ctr_lift is None:
@@ -569,7 +577,9 @@ def _finish_comparison(raw: _Raw, control: _Arm, p_adjusted: float | None, alpha
         verdict = "better" if raw.ctr_lift > 0 else "worse"
     reasons = tuple(raw.reasons)
     if verdict == "too_small" and not reasons:
-        reasons = ("no user-level variance could be estimated (an arm has fewer than 2 users or no impressions)",)
+        reasons = (
+            "no user-level variance could be estimated (an arm has fewer than 2 users or no impressions)",
+        )
 
     ctr_interval = None
     mde = None
@@ -636,7 +646,10 @@ def _percent(value: float | None) -> str:
 
 
 def _summary(
-    variants: Sequence[VariantStats], comparisons: Sequence[Comparison], control: str, winner: str | None,
+    variants: Sequence[VariantStats],
+    comparisons: Sequence[Comparison],
+    control: str,
+    winner: str | None,
     alpha: float,
 ) -> str:
     by_name = {v.name: v for v in variants}
@@ -647,7 +660,9 @@ def _summary(
     def describe(c: Comparison) -> str:
         relative = "" if c.ctr_relative_lift is None else f", {100.0 * c.ctr_relative_lift:+.1f}%"
         p = "" if c.ctr_p_value_adjusted is None else f", p={c.ctr_p_value_adjusted:.3g}"
-        return f"{c.variant} {_percent(by_name[c.variant].ctr)} vs {_percent(by_name[control].ctr)}{relative}{p}"
+        return (
+            f"{c.variant} {_percent(by_name[c.variant].ctr)} vs {_percent(by_name[control].ctr)}{relative}{p}"
+        )
 
     if winner is not None and winner != control:
         best = next(c for c in comparisons if c.variant == winner)
@@ -717,7 +732,9 @@ def report(
     for name in [control, *(n for n in variants if n != control)]:
         given = variants[name]
         if isinstance(given, OutcomeColumns):  # re-checked: it may have been built without from_arrays
-            columns = OutcomeColumns.from_arrays(given.impressions, given.clicks, given.conversions, given.revenue)
+            columns = OutcomeColumns.from_arrays(
+                given.impressions, given.clicks, given.conversions, given.revenue
+            )
         else:
             columns = OutcomeColumns.from_outcomes(given)
         replicates = None

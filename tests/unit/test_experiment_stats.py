@@ -289,7 +289,9 @@ def _declared_rate(runs: int, users: int, ctr: float, *, arms: int = 2, seed: in
 
 def test_a_a_false_positive_rate_is_near_alpha() -> None:
     rate = _declared_rate(400, 2000, 0.05, seed=11)
-    print(f"\nA/A, 400 runs, 2 x 2000 users x 10 impressions, CTR 5%: declared-winner rate {rate:.4f} (alpha 0.05)")
+    print(
+        f"\nA/A, 400 runs, 2 x 2000 users x 10 impressions, CTR 5%: declared-winner rate {rate:.4f} (alpha 0.05)"
+    )
     assert 0.01 <= rate <= 0.08
 
 
@@ -306,13 +308,17 @@ def test_user_level_test_holds_alpha_where_the_pooled_z_test_does_not() -> None:
     runs = 300
     verdict_positive = pooled_positive = 0
     for _ in range(runs):
-        variants = {name: simulate_arm(rng, 2000, 0.05, impressions_per_user=20, concentration=10.0) for name in "AB"}
+        variants = {
+            name: simulate_arm(rng, 2000, 0.05, impressions_per_user=20, concentration=10.0) for name in "AB"
+        }
         comparison = report(variants, "A", bootstrap=0).comparison("B")
         assert comparison.ctr_p_value is not None and comparison.ctr_p_value_pooled is not None
         verdict_positive += comparison.verdict in ("better", "worse")
         pooled_positive += comparison.ctr_p_value_pooled < 0.05
     verdict_rate, pooled_rate = verdict_positive / runs, pooled_positive / runs
-    print(f"\nA/A with heterogeneous users: verdict rate {verdict_rate:.4f}, pooled z-test rate {pooled_rate:.4f}")
+    print(
+        f"\nA/A with heterogeneous users: verdict rate {verdict_rate:.4f}, pooled z-test rate {pooled_rate:.4f}"
+    )
     assert 0.01 <= verdict_rate <= 0.08
     assert pooled_rate >= 0.15
 
@@ -334,7 +340,9 @@ def test_power_at_the_reported_minimum_detectable_effect() -> None:
         mdes.append(comparison.ctr_minimum_detectable_effect)
     power = better / runs
     mde = float(np.median(mdes))
-    print(f"\npower, 200 runs, 2 x 3130 users x 10 impressions, CTR 5% -> 5.5%: {power:.3f}; median MDE {mde:.5f}")
+    print(
+        f"\npower, 200 runs, 2 x 3130 users x 10 impressions, CTR 5% -> 5.5%: {power:.3f}; median MDE {mde:.5f}"
+    )
     assert 0.70 <= power <= 0.90
     assert mde == pytest.approx(0.005, rel=0.1)
 
@@ -381,7 +389,11 @@ def test_revenue_bootstrap_interval_covers_zero_without_a_difference() -> None:
     covered = 0
     for seed in range(runs):
         variants = {name: simulate_arm(rng, 600, 0.05) for name in "AB"}
-        interval = report(variants, "A", bootstrap=400, seed=seed).comparison("B").revenue_per_impression_lift_interval
+        interval = (
+            report(variants, "A", bootstrap=400, seed=seed)
+            .comparison("B")
+            .revenue_per_impression_lift_interval
+        )
         covered += interval is not None and interval.contains(0.0)
     print(f"\nrevenue bootstrap, A/A, {runs} runs: the 95% lift interval covers 0 in {covered / runs:.3f}")
     assert covered / runs >= 0.85
@@ -393,8 +405,9 @@ def test_bootstrap_is_seeded() -> None:
     first = report(variants, "A", bootstrap=300, seed=5).as_dict()
     assert report(variants, "A", bootstrap=300, seed=5).as_dict() == first
     other = report(variants, "A", bootstrap=300, seed=6).as_dict()
-    assert other["comparisons"][0]["revenue_per_impression_lift_interval"] != (
-        first["comparisons"][0]["revenue_per_impression_lift_interval"]
+    assert (
+        other["comparisons"][0]["revenue_per_impression_lift_interval"]
+        != (first["comparisons"][0]["revenue_per_impression_lift_interval"])
     )
     # Without bootstrap the robustness fields are None and everything else is unchanged.
     plain = report(variants, "A", bootstrap=0).comparison("B")
