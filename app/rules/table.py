@@ -19,6 +19,7 @@ changed, so a reader of an older table never sees a code change meaning under it
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import defaultdict
@@ -106,6 +107,8 @@ def multi_values(values: Any) -> tuple[str, ...]:
             return values
         if len(values) == 1:
             return values if type(values[0]) is str else ()
+        if set(map(type, values)) == {str} and len(set(values)) == len(values):
+            return values
     elif not isinstance(values, tuple | list):
         return ()
     return tuple(dict.fromkeys(v for v in values if isinstance(v, str)))
@@ -164,6 +167,14 @@ class StringPool:
     def intern_many(self, values: Sequence[str | None]) -> np.ndarray:
         """Codes of `values` (-1 for None and non-strings), interning new strings. # [len(values)] int32"""
         codes = self._codes
+        if len(values) > 4096:  # a bulk load: intern in one pass
+            with self._lock:
+                n0 = len(codes)
+                setdefault = codes.setdefault
+                out = [setdefault(v, len(codes)) if isinstance(v, str) else -1 for v in values]
+                if len(codes) > n0:
+                    self._values.extend(itertools.islice(codes, n0, None))
+            return np.asarray(out, dtype=np.int32)
         out = [codes.get(v, -2) if isinstance(v, str) else -1 for v in values]
         if -2 in out:
             with self._lock:
@@ -463,15 +474,18 @@ class ItemTable:
         changed: defaultdict[str, tuple[list[int], list[Any], list[tuple[Key, ...]]]] = defaultdict(
             lambda: ([], [], [])
         )
+        # rows with no old attributes, grouped by their tuple of attribute names
+        fresh_groups: defaultdict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = defaultdict(
+            lambda: ([], [])
+        )
         for row, old, new in zip(order, old_recs, recs, strict=True):
             new_attrs = new.attributes if isinstance(new.attributes, dict) else {}
             old_attrs = old.attributes if old is not None and isinstance(old.attributes, dict) else {}
             if not old_attrs:
-                for name, value in new_attrs.items():
-                    entry = changed[name]
-                    entry[0].append(row)
-                    entry[1].append(value)
-                    entry[2].append(())
+                if new_attrs:
+                    group = fresh_groups[tuple(new_attrs)]
+                    group[0].append(row)
+                    group[1].append(tuple(new_attrs.values()))
                 continue
             for name in {**old_attrs, **new_attrs}:
                 ov = attr_value(old_attrs.get(name))
@@ -482,6 +496,13 @@ class ItemTable:
                 entry[0].append(row)
                 entry[1].append(value)
                 entry[2].append(ov[1] if ov[0] == K_LIST else ())
+
+        for names, (group_rows, group_values) in fresh_groups.items():
+            for name, column in zip(names, zip(*group_values, strict=True), strict=True):
+                entry = changed[name]
+                entry[0].extend(group_rows)
+                entry[1].extend(column)
+                entry[2].extend(itertools.repeat((), len(group_rows)))
 
         attrs = dict(self._attrs)
         if n_new != n_old:

@@ -407,6 +407,23 @@ def test_mask_equals_matches_on_random_catalogs() -> None:
                     assert got[i] == expected_values(item, field), (field, item)
 
 
+def test_bulk_build_equals_incremental_build() -> None:
+    rng = random.Random(21)
+    records = [random_record(rng, i) for i in range(6000)]
+    bulk = ItemTable.empty().with_records(list(enumerate(records)))
+    step = ItemTable.empty()
+    for start in range(0, len(records), 1500):
+        step = step.with_records([(i, records[i]) for i in range(start + 1499, start - 1, -1)])
+    filters = [compile_filter(expression(rng)) for _ in range(60)]
+    for f in filters:
+        expected = [f.matches(r) for r in records]
+        assert f.mask(bulk).tolist() == expected, f.text
+        assert f.mask(step).tolist() == expected, f.text
+    assert bulk.values("attributes.list", np.arange(50)) == [
+        expected_values(r, "attributes.list") for r in records[:50]
+    ]
+
+
 def test_with_records_shares_untouched_columns() -> None:
     rng = random.Random(7)
     base = ItemTable.empty().with_records([(i, random_record(rng, i)) for i in range(200)])
