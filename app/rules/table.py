@@ -66,7 +66,7 @@ def as_epoch(value: Any) -> float | None:
     """A datetime as epoch seconds (a naive one is taken to be UTC), else None."""
     if not isinstance(value, datetime):
         return None
-    return as_utc(value).timestamp()
+    return (value if value.tzinfo is not None else as_utc(value)).timestamp()
 
 
 def element_key(value: Any) -> Key | None:
@@ -281,6 +281,46 @@ def _update_index(
     return out
 
 
+_CHUNK_BITS = 12
+_CHUNK = 1 << _CHUNK_BITS  # rows per chunk of the records (copy-on-write per chunk)
+_CHUNK_MASK = _CHUNK - 1
+
+
+def _set_records(
+    chunks: tuple[np.ndarray, ...], n_old: int, n_new: int, rows: np.ndarray, recs: list[ItemRecord]
+) -> tuple[np.ndarray, ...]:
+    """The record chunks with `recs` at `rows` (sorted): only the chunks touched or grown are copied."""
+    out = list(chunks)
+    n_chunks = (n_new + _CHUNK - 1) >> _CHUNK_BITS
+    objs = np.empty(len(recs), dtype=object)  # [k]
+    objs[:] = recs
+    which = rows >> _CHUNK_BITS  # [k]
+    starts = np.searchsorted(which, np.arange(n_chunks + 1))  # [n_chunks + 1]
+    last_old = len(chunks) - 1
+    for c in range(n_chunks):
+        lo, hi = int(starts[c]), int(starts[c + 1])
+        size = min(_CHUNK, n_new - (c << _CHUNK_BITS))
+        old = chunks[c] if c < len(chunks) else None
+        if lo == hi and old is not None and len(old) == size:
+            continue
+        if c < last_old and lo == hi:
+            continue
+        chunk = np.empty(size, dtype=object)  # [size]
+        if old is None:
+            chunk[:] = None
+        else:
+            chunk[: len(old)] = old
+            chunk[len(old) :] = None
+        if hi > lo:
+            chunk[rows[lo:hi] & _CHUNK_MASK] = objs[lo:hi]
+        chunk.flags.writeable = False
+        if c < len(out):
+            out[c] = chunk
+        else:
+            out.append(chunk)
+    return tuple(out)
+
+
 class ItemTable:
     """Immutable columnar item fields over catalog rows 0..n_rows-1; see the module docstring."""
 
@@ -291,7 +331,7 @@ class ItemTable:
         n: int,
         revision: int,
         pool: StringPool,
-        records: np.ndarray,
+        records: tuple[np.ndarray, ...],
         cols: Mapping[str, np.ndarray],
         indexes: Mapping[str, Mapping[str, np.ndarray]],
         attrs: Mapping[str, AttrColumns],
@@ -299,7 +339,9 @@ class ItemTable:
         self._n = n
         self._revision = revision
         self._pool = pool
-        self._records = records  # [n_rows] object: ItemRecord or None
+        self._records = (
+            records  # chunks of [<= _CHUNK] object: ItemRecord or None; chunk c from row c * _CHUNK
+        )
         self._cols = cols
         self._indexes = indexes
         self._attrs = attrs
@@ -320,7 +362,7 @@ class ItemTable:
             0,
             0,
             StringPool(),
-            np.zeros(0, dtype=object),
+            (),
             {k: _frozen(v) for k, v in cols.items()},
             {"categories": {}, "tags": {}},
             {},
@@ -365,7 +407,7 @@ class ItemTable:
         """The record at `row`, or None for an empty item."""
         if not 0 <= row < self._n:
             return None
-        rec: ItemRecord | None = self._records[row]
+        rec: ItemRecord | None = self._records[row >> _CHUNK_BITS][row & _CHUNK_MASK]
         return rec
 
     def values(self, field: str, rows: np.ndarray) -> list[tuple[Hashable, ...]]:
@@ -378,7 +420,7 @@ class ItemTable:
         records = self._records
         n = self._n
         for r in np.asarray(rows, dtype=np.int64).tolist():
-            rec = records[r] if 0 <= r < n else None
+            rec = records[r >> _CHUNK_BITS][r & _CHUNK_MASK] if 0 <= r < n else None
             out.append(() if rec is None else _record_values(rec, base, attr))
         return out
 
@@ -403,17 +445,9 @@ class ItemTable:
         if n_old == 0:
             old_recs = [None] * len(order)
         else:
-            old_arr = np.full(len(order), None, dtype=object)  # [k]
-            inside = rows < n_old
-            old_arr[inside] = self._records[rows[inside]]
-            old_recs = old_arr.tolist()
-
-        records = np.empty(n_new, dtype=object)  # [n_rows]
-        records[:n_old] = self._records
-        new_objs = np.empty(len(recs), dtype=object)  # [k]
-        new_objs[:] = recs
-        records[rows] = new_objs
-        _frozen(records)
+            chunks = self._records
+            old_recs = [chunks[r >> _CHUNK_BITS][r & _CHUNK_MASK] if r < n_old else None for r in order]
+        records = _set_records(self._records, n_old, n_new, rows, recs)
 
         pool = self._pool
         cols = dict(self._cols)
@@ -582,7 +616,21 @@ def _classify(
         else:
             missing = np.isnan(nums)
             return np.where(missing, K_MISSING, K_NUMBER).astype(np.int8), nums, None, None
-    pairs = [attr_value(v) for v in values]
+    memo: dict[Any, tuple[int, Any]] = {}  # lists often repeat: classify each distinct one once
+
+    def classify(v: Any) -> tuple[int, Any]:
+        if type(v) is list:
+            try:
+                key = (tuple(map(type, v)), tuple(v))  # types too: [1], [1.0] and [True] differ
+                hit = memo.get(key)
+            except TypeError:  # an unhashable element
+                return attr_value(v)
+            if hit is None:
+                hit = memo[key] = attr_value(v)
+            return hit
+        return attr_value(v)
+
+    pairs = [classify(v) for v in values]
     kinds = np.asarray([k for k, _ in pairs], dtype=np.int8)  # [m]
     has = set(kinds.tolist())
     nums_out = (
