@@ -217,6 +217,25 @@ def test_matches_empty(table: ItemTable) -> None:
     assert compile_filter("not available").matches_empty
 
 
+def test_empty_table_and_dates() -> None:
+    empty = ItemTable.empty()
+    assert empty.n_rows == 0 and empty.revision == 0
+    for text in ["price < 5", "not available", '"a" in tags', "attributes.x in [1, null]", "true"]:
+        assert compile_filter(text).mask(empty).shape == (0,)
+    assert empty.with_records([]).revision == 1
+    for text in [
+        'published_at < "0001-01-01T00:00:00+01:00"',
+        'published_at < "2024-13-01"',
+        "published_at < true",
+    ]:
+        with pytest.raises(ExpressionError):
+            compile_filter(text)
+    naive = ItemRecord("n", published_at=datetime(2024, 1, 1, 12))  # naive: UTC
+    f = compile_filter('published_at == "2024-01-01T13:00:00+01:00"')
+    assert f.matches(naive)
+    assert f.mask(ItemTable.empty().with_records([(0, naive)])).tolist() == [True]
+
+
 def test_values(table: ItemTable) -> None:
     rows = np.array([0, 2, 3, 99])
     assert table.values("categories", rows) == [("outdoor", "camping"), ("kitchen",), (), ()]
