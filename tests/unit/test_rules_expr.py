@@ -593,6 +593,16 @@ INJECTIONS = [
     '"' * 3,
     "'\\",
     "\\u0041",
+    "(" * 1999,
+    "(" * 999 + ")" * 999,
+    "not " * 499,
+    "9" * 1999,
+    "price < 1e308",
+    "price < 1e309",
+    "price < -1e309",
+    "price < 1" + "0" * 400,
+    "price < 0." + "0" * 400 + "1",
+    "attributes." + "a" * 1980 + " == 1",
 ]
 
 
@@ -604,6 +614,12 @@ def test_injections_and_oddities_raise_expression_error_or_compile() -> None:
             continue
         assert isinstance(f, Filter)
     assert compile_filter("title == '\x00'").canonical == 'title == "\\u0000"'
+    for text in ["(" * 1999, "not " * 499]:
+        with pytest.raises(ExpressionError, match="nested too deeply"):
+            compile_filter(text)
+    with pytest.raises(ExpressionError, match="out of range"):
+        compile_filter("9" * 1999)
+    assert compile_filter("price < 1e308").canonical == "price < 1e+308"
     assert compile_filter("attributes['__class__'] == 1").fields == {"attributes.__class__"}
 
 
