@@ -12,9 +12,25 @@ Field model (shared with the row-wise reference evaluation in `app.rules.expr`):
   a nested dict or anything else); list elements that are neither scalars nor `None` are ignored;
 * a row never set is an "empty item": every field missing, `available` included.
 
+Layout (every array is read-only once a table holds it):
+
+* `item_id`, `title`: int32 codes [n_rows] (-1 missing); `price`, `published_at` (epoch seconds):
+  float64 [n_rows] (NaN missing); `available`: int8 [n_rows] (1 / 0, -1 for an empty item);
+* `categories`, `tags`: value -> sorted int64 rows, plus a per-row count of distinct values (for `== null`);
+* per attribute name (`AttrColumns`): a kind int8 [n_rows] (missing / number / string / false / true /
+  list), a float64 column (only once a number was seen), an int32 string-code column (only once a string
+  was seen), and element key -> sorted int64 rows for list values;
+* the records themselves, in 4096-row chunks, for `values` and for removing a replaced row's old
+  values from the indexes.
+
+Copy costs: an update copies a column only when one of its written values differs (a price-only change
+copies `price` and nothing else but the touched record chunk); rows past the end copy every column once
+(they grow); an index is copied as a dict (values shared) with new arrays for the values touched.
+
 Strings of scalar columns (`item_id`, `title`, string attributes) are dictionary-coded through an
 append-only intern pool shared by a table and all the tables derived from it: codes are never reused or
-changed, so a reader of an older table never sees a code change meaning under it.
+changed, so a reader of an older table never sees a code change meaning under it (the pool grows with
+every distinct string ever seen, including those of replaced records).
 """
 
 from __future__ import annotations
