@@ -130,8 +130,23 @@ def multi_values(values: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in values if isinstance(v, str)))
 
 
-def _group_rows(rows: list[int], values: list[tuple[Any, ...]]) -> dict[Any, np.ndarray]:
+def _group_rows(
+    rows: list[int], values: list[tuple[Any, ...]], by_tuple: bool = True
+) -> dict[Any, np.ndarray]:
     """value -> int64 rows (ascending when `rows` is) of the rows whose tuple holds the value."""
+    if by_tuple and len(values) > 64:
+        distinct: dict[tuple[Any, ...], int] = {}
+        tuple_codes = [distinct.setdefault(v, len(distinct)) for v in values]
+        if len(distinct) * 4 <= len(values):  # few distinct tuples (e.g. one category each): group them first
+            groups = _group_rows(rows, [(c,) for c in tuple_codes], by_tuple=False)
+            parts: defaultdict[Any, list[np.ndarray]] = defaultdict(list)
+            for vals, code in distinct.items():
+                for v in vals:
+                    parts[v].append(groups[code])
+            return {
+                v: arrays[0] if len(arrays) == 1 else np.sort(np.concatenate(arrays))
+                for v, arrays in parts.items()
+            }
     flat = [v for vals in values for v in vals]
     if not flat:
         return {}
@@ -443,11 +458,13 @@ class ItemTable:
     def with_records(self, changes: Sequence[tuple[int, ItemRecord]]) -> ItemTable:
         """A new table where each (row, record) replaces row `row` entirely (the last one wins per row);
         rows past the end grow the table, rows never set in between are empty items. `self` is unchanged."""
-        latest: dict[int, ItemRecord] = {}
-        for row, rec in changes:
-            if isinstance(row, bool) or not isinstance(row, int | np.integer) or row < 0:
-                raise ValueError(f"bad row {row!r}")
-            latest[int(row)] = rec
+        latest: dict[int, ItemRecord] = dict(changes)
+        if not (set(map(type, latest)) <= {int} and (not latest or min(latest) >= 0)):
+            latest = {}
+            for row, rec in changes:
+                if isinstance(row, bool) or not isinstance(row, int | np.integer) or row < 0:
+                    raise ValueError(f"bad row {row!r}")
+                latest[int(row)] = rec
         if not latest:
             return ItemTable(
                 self._n, self._revision + 1, self._pool, self._records, self._cols, self._indexes, self._attrs
@@ -588,7 +605,9 @@ class ItemTable:
             removes: defaultdict[Key, list[int]] = defaultdict(list)
             fresh_rows: list[int] = []
             fresh_keys: list[tuple[Key, ...]] = []
-            if list_keys is not None or any(old_lists):
+            if list_keys is not None and not any(old_lists):
+                fresh_rows, fresh_keys = arows, list_keys
+            elif list_keys is not None or any(old_lists):
                 for i, (row, old_keys) in enumerate(zip(arows, old_lists, strict=True)):
                     new_keys = () if list_keys is None else list_keys[i]
                     if old_keys == new_keys:
@@ -633,6 +652,21 @@ def _classify(
             missing = np.isnan(nums)
             return np.where(missing, K_MISSING, K_NUMBER).astype(np.int8), nums, None, None
     memo: dict[Any, tuple[int, Any]] = {}  # lists often repeat: classify each distinct one once
+    if types == {list}:
+        keys_out: list[tuple[Key, ...]] = []
+        for v in values:
+            try:
+                key = (tuple(map(type, v)), tuple(v))  # types too: [1] and [True] differ
+                hit = memo.get(key)
+            except TypeError:  # an unhashable element
+                hit = None
+                key = None
+            if hit is None:
+                hit = attr_value(v)
+                if key is not None:
+                    memo[key] = hit
+            keys_out.append(hit[1])
+        return np.full(m, K_LIST, dtype=np.int8), None, None, keys_out
 
     def classify(v: Any) -> tuple[int, Any]:
         if type(v) is list:
