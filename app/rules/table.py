@@ -39,10 +39,10 @@ import itertools
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def _group_rows(
     rows: list[int], values: list[tuple[Any, ...]], by_tuple: bool = True
 ) -> dict[Any, np.ndarray]:
     """value -> int64 rows (ascending when `rows` is) of the rows whose tuple holds the value."""
-    if by_tuple and len(values) > 64:
+    if by_tuple and len(values) > 64 and len(set(values[:256])) * 4 <= min(len(values), 256):
         distinct: dict[tuple[Any, ...], int] = {}
         tuple_codes = [distinct.setdefault(v, len(distinct)) for v in values]
         if len(distinct) * 4 <= len(values):  # few distinct tuples (e.g. one category each): group them first
@@ -198,14 +198,14 @@ class StringPool:
     def intern_many(self, values: Sequence[str | None]) -> np.ndarray:
         """Codes of `values` (-1 for None and non-strings), interning new strings. # [len(values)] int32"""
         codes = self._codes
-        if len(values) > 4096:  # a bulk load: intern in one pass
+        if len(values) > 4096:  # a bulk load: intern the distinct new strings, then map in C
             with self._lock:
                 n0 = len(codes)
-                setdefault = codes.setdefault
-                out = [setdefault(v, len(codes)) if isinstance(v, str) else -1 for v in values]
-                if len(codes) > n0:
-                    self._values.extend(itertools.islice(codes, n0, None))
-            return np.asarray(out, dtype=np.int32)
+                new = [v for v in dict.fromkeys(values) if isinstance(v, str) and v not in codes]
+                codes.update(zip(new, range(n0, n0 + len(new)), strict=True))
+                self._values.extend(new)
+            lookup = cast(Callable[[Any, int], int], codes.get)  # non-strings are never keys: -1
+            return np.fromiter(map(lookup, values, itertools.repeat(-1)), dtype=np.int32, count=len(values))
         out = [codes.get(v, -2) if isinstance(v, str) else -1 for v in values]
         if -2 in out:
             with self._lock:
