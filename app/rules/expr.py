@@ -569,12 +569,13 @@ class _Parser:
             raise ExpressionError(lit.token.pos, f"'{op}' does not apply to a bool")
         if t == T_TIME and isinstance(v, str):
             try:
-                ts = datetime.fromisoformat(v)
-            except ValueError:
+                ts = as_utc(datetime.fromisoformat(v))
+                epoch = ts.timestamp()
+            except (ValueError, OverflowError):
                 raise ExpressionError(
                     lit.token.pos, f"not an ISO-8601 date/time: {lit.token.text[:60]}"
                 ) from None
-            return as_utc(ts).timestamp(), _quote(as_utc(ts).isoformat())
+            return epoch, _quote(ts.isoformat())
         return v, _show(v)
 
     def build_compare(self, left: _Operand, op_tok: _Token, right: _Operand) -> Node:

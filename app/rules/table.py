@@ -12,20 +12,37 @@ Field model (shared with the row-wise reference evaluation in `app.rules.expr`):
   a nested dict or anything else); list elements that are neither scalars nor `None` are ignored;
 * a row never set is an "empty item": every field missing, `available` included.
 
+Layout (every array is read-only once a table holds it):
+
+* `item_id`, `title`: int32 codes [n_rows] (-1 missing); `price`, `published_at` (epoch seconds):
+  float64 [n_rows] (NaN missing); `available`: int8 [n_rows] (1 / 0, -1 for an empty item);
+* `categories`, `tags`: value -> sorted int64 rows, plus a per-row count of distinct values (for `== null`);
+* per attribute name (`AttrColumns`): a kind int8 [n_rows] (missing / number / string / false / true /
+  list), a float64 column (only once a number was seen), an int32 string-code column (only once a string
+  was seen), and element key -> sorted int64 rows for list values;
+* the records themselves, in 4096-row chunks, for `values` and for removing a replaced row's old
+  values from the indexes.
+
+Copy costs: an update copies a column only when one of its written values differs (a price-only change
+copies `price` and nothing else but the touched record chunk); rows past the end copy every column once
+(they grow); an index is copied as a dict (values shared) with new arrays for the values touched.
+
 Strings of scalar columns (`item_id`, `title`, string attributes) are dictionary-coded through an
 append-only intern pool shared by a table and all the tables derived from it: codes are never reused or
-changed, so a reader of an older table never sees a code change meaning under it.
+changed, so a reader of an older table never sees a code change meaning under it (the pool grows with
+every distinct string ever seen, including those of replaced records).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -65,7 +82,7 @@ def as_epoch(value: Any) -> float | None:
     """A datetime as epoch seconds (a naive one is taken to be UTC), else None."""
     if not isinstance(value, datetime):
         return None
-    return as_utc(value).timestamp()
+    return (value if value.tzinfo is not None else as_utc(value)).timestamp()
 
 
 def element_key(value: Any) -> Key | None:
@@ -106,13 +123,30 @@ def multi_values(values: Any) -> tuple[str, ...]:
             return values
         if len(values) == 1:
             return values if type(values[0]) is str else ()
+        if set(map(type, values)) == {str} and len(set(values)) == len(values):
+            return values
     elif not isinstance(values, tuple | list):
         return ()
     return tuple(dict.fromkeys(v for v in values if isinstance(v, str)))
 
 
-def _group_rows(rows: list[int], values: list[tuple[Any, ...]]) -> dict[Any, np.ndarray]:
+def _group_rows(
+    rows: list[int], values: list[tuple[Any, ...]], by_tuple: bool = True
+) -> dict[Any, np.ndarray]:
     """value -> int64 rows (ascending when `rows` is) of the rows whose tuple holds the value."""
+    if by_tuple and len(values) > 64 and len(set(values[:256])) * 4 <= min(len(values), 256):
+        distinct: dict[tuple[Any, ...], int] = {}
+        tuple_codes = [distinct.setdefault(v, len(distinct)) for v in values]
+        if len(distinct) * 4 <= len(values):  # few distinct tuples (e.g. one category each): group them first
+            groups = _group_rows(rows, [(c,) for c in tuple_codes], by_tuple=False)
+            parts: defaultdict[Any, list[np.ndarray]] = defaultdict(list)
+            for vals, code in distinct.items():
+                for v in vals:
+                    parts[v].append(groups[code])
+            return {
+                v: arrays[0] if len(arrays) == 1 else np.sort(np.concatenate(arrays))
+                for v, arrays in parts.items()
+            }
     flat = [v for vals in values for v in vals]
     if not flat:
         return {}
@@ -164,6 +198,14 @@ class StringPool:
     def intern_many(self, values: Sequence[str | None]) -> np.ndarray:
         """Codes of `values` (-1 for None and non-strings), interning new strings. # [len(values)] int32"""
         codes = self._codes
+        if len(values) > 4096:  # a bulk load: intern the distinct new strings, then map in C
+            with self._lock:
+                n0 = len(codes)
+                new = [v for v in dict.fromkeys(values) if isinstance(v, str) and v not in codes]
+                codes.update(zip(new, range(n0, n0 + len(new)), strict=True))
+                self._values.extend(new)
+            lookup = cast(Callable[[Any, int], int], codes.get)  # non-strings are never keys: -1
+            return np.fromiter(map(lookup, values, itertools.repeat(-1)), dtype=np.int32, count=len(values))
         out = [codes.get(v, -2) if isinstance(v, str) else -1 for v in values]
         if -2 in out:
             with self._lock:
@@ -270,6 +312,46 @@ def _update_index(
     return out
 
 
+_CHUNK_BITS = 12
+_CHUNK = 1 << _CHUNK_BITS  # rows per chunk of the records (copy-on-write per chunk)
+_CHUNK_MASK = _CHUNK - 1
+
+
+def _set_records(
+    chunks: tuple[np.ndarray, ...], n_old: int, n_new: int, rows: np.ndarray, recs: list[ItemRecord]
+) -> tuple[np.ndarray, ...]:
+    """The record chunks with `recs` at `rows` (sorted): only the chunks touched or grown are copied."""
+    out = list(chunks)
+    n_chunks = (n_new + _CHUNK - 1) >> _CHUNK_BITS
+    objs = np.empty(len(recs), dtype=object)  # [k]
+    objs[:] = recs
+    which = rows >> _CHUNK_BITS  # [k]
+    starts = np.searchsorted(which, np.arange(n_chunks + 1))  # [n_chunks + 1]
+    last_old = len(chunks) - 1
+    for c in range(n_chunks):
+        lo, hi = int(starts[c]), int(starts[c + 1])
+        size = min(_CHUNK, n_new - (c << _CHUNK_BITS))
+        old = chunks[c] if c < len(chunks) else None
+        if lo == hi and old is not None and len(old) == size:
+            continue
+        if c < last_old and lo == hi:
+            continue
+        chunk = np.empty(size, dtype=object)  # [size]
+        if old is None:
+            chunk[:] = None
+        else:
+            chunk[: len(old)] = old
+            chunk[len(old) :] = None
+        if hi > lo:
+            chunk[rows[lo:hi] & _CHUNK_MASK] = objs[lo:hi]
+        chunk.flags.writeable = False
+        if c < len(out):
+            out[c] = chunk
+        else:
+            out.append(chunk)
+    return tuple(out)
+
+
 class ItemTable:
     """Immutable columnar item fields over catalog rows 0..n_rows-1; see the module docstring."""
 
@@ -280,7 +362,7 @@ class ItemTable:
         n: int,
         revision: int,
         pool: StringPool,
-        records: np.ndarray,
+        records: tuple[np.ndarray, ...],
         cols: Mapping[str, np.ndarray],
         indexes: Mapping[str, Mapping[str, np.ndarray]],
         attrs: Mapping[str, AttrColumns],
@@ -288,7 +370,9 @@ class ItemTable:
         self._n = n
         self._revision = revision
         self._pool = pool
-        self._records = records  # [n_rows] object: ItemRecord or None
+        self._records = (
+            records  # chunks of [<= _CHUNK] object: ItemRecord or None; chunk c from row c * _CHUNK
+        )
         self._cols = cols
         self._indexes = indexes
         self._attrs = attrs
@@ -309,7 +393,7 @@ class ItemTable:
             0,
             0,
             StringPool(),
-            np.zeros(0, dtype=object),
+            (),
             {k: _frozen(v) for k, v in cols.items()},
             {"categories": {}, "tags": {}},
             {},
@@ -354,7 +438,7 @@ class ItemTable:
         """The record at `row`, or None for an empty item."""
         if not 0 <= row < self._n:
             return None
-        rec: ItemRecord | None = self._records[row]
+        rec: ItemRecord | None = self._records[row >> _CHUNK_BITS][row & _CHUNK_MASK]
         return rec
 
     def values(self, field: str, rows: np.ndarray) -> list[tuple[Hashable, ...]]:
@@ -367,18 +451,20 @@ class ItemTable:
         records = self._records
         n = self._n
         for r in np.asarray(rows, dtype=np.int64).tolist():
-            rec = records[r] if 0 <= r < n else None
+            rec = records[r >> _CHUNK_BITS][r & _CHUNK_MASK] if 0 <= r < n else None
             out.append(() if rec is None else _record_values(rec, base, attr))
         return out
 
     def with_records(self, changes: Sequence[tuple[int, ItemRecord]]) -> ItemTable:
         """A new table where each (row, record) replaces row `row` entirely (the last one wins per row);
         rows past the end grow the table, rows never set in between are empty items. `self` is unchanged."""
-        latest: dict[int, ItemRecord] = {}
-        for row, rec in changes:
-            if isinstance(row, bool) or not isinstance(row, int | np.integer) or row < 0:
-                raise ValueError(f"bad row {row!r}")
-            latest[int(row)] = rec
+        latest: dict[int, ItemRecord] = dict(changes)
+        if not (set(map(type, latest)) <= {int} and (not latest or min(latest) >= 0)):
+            latest = {}
+            for row, rec in changes:
+                if isinstance(row, bool) or not isinstance(row, int | np.integer) or row < 0:
+                    raise ValueError(f"bad row {row!r}")
+                latest[int(row)] = rec
         if not latest:
             return ItemTable(
                 self._n, self._revision + 1, self._pool, self._records, self._cols, self._indexes, self._attrs
@@ -392,17 +478,9 @@ class ItemTable:
         if n_old == 0:
             old_recs = [None] * len(order)
         else:
-            old_arr = np.full(len(order), None, dtype=object)  # [k]
-            inside = rows < n_old
-            old_arr[inside] = self._records[rows[inside]]
-            old_recs = old_arr.tolist()
-
-        records = np.empty(n_new, dtype=object)  # [n_rows]
-        records[:n_old] = self._records
-        new_objs = np.empty(len(recs), dtype=object)  # [k]
-        new_objs[:] = recs
-        records[rows] = new_objs
-        _frozen(records)
+            chunks = self._records
+            old_recs = [chunks[r >> _CHUNK_BITS][r & _CHUNK_MASK] if r < n_old else None for r in order]
+        records = _set_records(self._records, n_old, n_new, rows, recs)
 
         pool = self._pool
         cols = dict(self._cols)
@@ -463,15 +541,18 @@ class ItemTable:
         changed: defaultdict[str, tuple[list[int], list[Any], list[tuple[Key, ...]]]] = defaultdict(
             lambda: ([], [], [])
         )
+        # rows with no old attributes, grouped by their tuple of attribute names
+        fresh_groups: defaultdict[tuple[Any, ...], tuple[list[int], list[tuple[Any, ...]]]] = defaultdict(
+            lambda: ([], [])
+        )
         for row, old, new in zip(order, old_recs, recs, strict=True):
             new_attrs = new.attributes if isinstance(new.attributes, dict) else {}
             old_attrs = old.attributes if old is not None and isinstance(old.attributes, dict) else {}
             if not old_attrs:
-                for name, value in new_attrs.items():
-                    entry = changed[name]
-                    entry[0].append(row)
-                    entry[1].append(value)
-                    entry[2].append(())
+                if new_attrs:
+                    group = fresh_groups[tuple(new_attrs)]
+                    group[0].append(row)
+                    group[1].append(tuple(new_attrs.values()))
                 continue
             for name in {**old_attrs, **new_attrs}:
                 ov = attr_value(old_attrs.get(name))
@@ -482,6 +563,13 @@ class ItemTable:
                 entry[0].append(row)
                 entry[1].append(value)
                 entry[2].append(ov[1] if ov[0] == K_LIST else ())
+
+        for names, (group_rows, group_values) in fresh_groups.items():
+            for name, column in zip(names, zip(*group_values, strict=True), strict=True):
+                entry = changed[name]
+                entry[0].extend(group_rows)
+                entry[1].extend(column)
+                entry[2].extend(itertools.repeat((), len(group_rows)))
 
         attrs = dict(self._attrs)
         if n_new != n_old:
@@ -517,7 +605,9 @@ class ItemTable:
             removes: defaultdict[Key, list[int]] = defaultdict(list)
             fresh_rows: list[int] = []
             fresh_keys: list[tuple[Key, ...]] = []
-            if list_keys is not None or any(old_lists):
+            if list_keys is not None and not any(old_lists):
+                fresh_rows, fresh_keys = arows, list_keys
+            elif list_keys is not None or any(old_lists):
                 for i, (row, old_keys) in enumerate(zip(arows, old_lists, strict=True)):
                     new_keys = () if list_keys is None else list_keys[i]
                     if old_keys == new_keys:
@@ -561,7 +651,36 @@ def _classify(
         else:
             missing = np.isnan(nums)
             return np.where(missing, K_MISSING, K_NUMBER).astype(np.int8), nums, None, None
-    pairs = [attr_value(v) for v in values]
+    memo: dict[Any, tuple[int, Any]] = {}  # lists often repeat: classify each distinct one once
+    if types == {list}:
+        keys_out: list[tuple[Key, ...]] = []
+        for v in values:
+            try:
+                key = (tuple(map(type, v)), tuple(v))  # types too: [1] and [True] differ
+                hit = memo.get(key)
+            except TypeError:  # an unhashable element
+                hit = None
+                key = None
+            if hit is None:
+                hit = attr_value(v)
+                if key is not None:
+                    memo[key] = hit
+            keys_out.append(hit[1])
+        return np.full(m, K_LIST, dtype=np.int8), None, None, keys_out
+
+    def classify(v: Any) -> tuple[int, Any]:
+        if type(v) is list:
+            try:
+                key = (tuple(map(type, v)), tuple(v))  # types too: [1], [1.0] and [True] differ
+                hit = memo.get(key)
+            except TypeError:  # an unhashable element
+                return attr_value(v)
+            if hit is None:
+                hit = memo[key] = attr_value(v)
+            return hit
+        return attr_value(v)
+
+    pairs = [classify(v) for v in values]
     kinds = np.asarray([k for k, _ in pairs], dtype=np.int8)  # [m]
     has = set(kinds.tolist())
     nums_out = (

@@ -217,6 +217,25 @@ def test_matches_empty(table: ItemTable) -> None:
     assert compile_filter("not available").matches_empty
 
 
+def test_empty_table_and_dates() -> None:
+    empty = ItemTable.empty()
+    assert empty.n_rows == 0 and empty.revision == 0
+    for text in ["price < 5", "not available", '"a" in tags', "attributes.x in [1, null]", "true"]:
+        assert compile_filter(text).mask(empty).shape == (0,)
+    assert empty.with_records([]).revision == 1
+    for text in [
+        'published_at < "0001-01-01T00:00:00+01:00"',
+        'published_at < "2024-13-01"',
+        "published_at < true",
+    ]:
+        with pytest.raises(ExpressionError):
+            compile_filter(text)
+    naive = ItemRecord("n", published_at=datetime(2024, 1, 1, 12))  # naive: UTC
+    f = compile_filter('published_at == "2024-01-01T13:00:00+01:00"')
+    assert f.matches(naive)
+    assert f.mask(ItemTable.empty().with_records([(0, naive)])).tolist() == [True]
+
+
 def test_values(table: ItemTable) -> None:
     rows = np.array([0, 2, 3, 99])
     assert table.values("categories", rows) == [("outdoor", "camping"), ("kitchen",), (), ()]
@@ -407,6 +426,23 @@ def test_mask_equals_matches_on_random_catalogs() -> None:
                     assert got[i] == expected_values(item, field), (field, item)
 
 
+def test_bulk_build_equals_incremental_build() -> None:
+    rng = random.Random(21)
+    records = [random_record(rng, i) for i in range(6000)]
+    bulk = ItemTable.empty().with_records(list(enumerate(records)))
+    step = ItemTable.empty()
+    for start in range(0, len(records), 1500):
+        step = step.with_records([(i, records[i]) for i in range(start + 1499, start - 1, -1)])
+    filters = [compile_filter(expression(rng)) for _ in range(60)]
+    for f in filters:
+        expected = [f.matches(r) for r in records]
+        assert f.mask(bulk).tolist() == expected, f.text
+        assert f.mask(step).tolist() == expected, f.text
+    assert bulk.values("attributes.list", np.arange(50)) == [
+        expected_values(r, "attributes.list") for r in records[:50]
+    ]
+
+
 def test_with_records_shares_untouched_columns() -> None:
     rng = random.Random(7)
     base = ItemTable.empty().with_records([(i, random_record(rng, i)) for i in range(200)])
@@ -557,6 +593,16 @@ INJECTIONS = [
     '"' * 3,
     "'\\",
     "\\u0041",
+    "(" * 1999,
+    "(" * 999 + ")" * 999,
+    "not " * 499,
+    "9" * 1999,
+    "price < 1e308",
+    "price < 1e309",
+    "price < -1e309",
+    "price < 1" + "0" * 400,
+    "price < 0." + "0" * 400 + "1",
+    "attributes." + "a" * 1980 + " == 1",
 ]
 
 
@@ -568,6 +614,12 @@ def test_injections_and_oddities_raise_expression_error_or_compile() -> None:
             continue
         assert isinstance(f, Filter)
     assert compile_filter("title == '\x00'").canonical == 'title == "\\u0000"'
+    for text in ["(" * 1999, "not " * 499]:
+        with pytest.raises(ExpressionError, match="nested too deeply"):
+            compile_filter(text)
+    with pytest.raises(ExpressionError, match="out of range"):
+        compile_filter("9" * 1999)
+    assert compile_filter("price < 1e308").canonical == "price < 1e+308"
     assert compile_filter("attributes['__class__'] == 1").fields == {"attributes.__class__"}
 
 
