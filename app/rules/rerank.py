@@ -166,8 +166,11 @@ def rerank(
     if last.any():
         order = np.concatenate([order[~last[order]], order[last[order]]])
     pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
+    pinned_at = np.empty(0, dtype=np.int64)  # pool indices of the pinned rows in the pool
     if pinned.size:
-        order = order[~_isin(pool_rows[order], pinned)]  # [Q]
+        is_pinned = _isin(pool_rows, pinned)  # [P]
+        pinned_at = np.flatnonzero(is_pinned)
+        order = order[~is_pinned[order]]  # [Q]
     m = k - len(placed)  # slots left to the ranking
 
     match = _matches(promotions, pool_rows[order])  # [R, Q]
@@ -182,7 +185,7 @@ def rerank(
         kinds = [_STRICT] * len(picks)
         tags = {}
     else:
-        selector = _Selector(order.size, match, quota, diversity, pool_rows[order])
+        selector = _Selector(order.size, m, match, quota, diversity, pool_rows[order])
         if mmr is None:
             selector.walk(m)
             picks, kinds = selector.ordered()
@@ -192,7 +195,9 @@ def rerank(
             picks, kinds = selector.picks, selector.kinds
         tags = selector.tags
 
-    return _assemble(k, placed, pin_tags, order, picks, kinds, tags, pool_rows, adj, boosted, demoted)
+    return _assemble(
+        k, placed, pin_tags, pinned_at, order, picks, kinds, tags, pool_rows, adj, boosted, demoted
+    )
 
 
 def _check(
@@ -358,6 +363,7 @@ class _Selector:
     def __init__(
         self,
         size: int,
+        m: int,
         match: np.ndarray,
         quota: list[int],
         diversity: Diversity | None,
@@ -374,16 +380,33 @@ class _Selector:
         self.promoted = promoted  # [Q] matches any promotion
         self.match_rows: list[list[bool]] = match.T.tolist()  # [Q][R]
         self.cap = diversity.max_per_list if diversity is not None else 0
-        self.values = diversity.values(ranked_rows) if diversity is not None else None  # [Q] tuples
-        if self.values is not None and len(self.values) != size:
-            raise ValueError(f"diversity.values returned {len(self.values)} entries for {size} rows")
+        self.promoted_ranks: list[int] = np.flatnonzero(match.any(axis=0)).tolist() if match.shape[0] else []
+        # Diversity values are asked for lazily, in chunks along the ranking: the walk rarely goes far.
+        self.diversity = diversity
+        self.ranked_rows = ranked_rows  # [Q]
+        self.values: list[tuple[Hashable, ...]] | None = [] if diversity is not None else None  # [known]
+        self.known = 0 if diversity is not None else size
+        self.chunk = max(32, 4 * m)
         self.counts: dict[Hashable, int] = {}
         self.start = 0  # every rank before it is taken or blocked by diversity (for good: counts only grow)
+
+    def fetch(self, q: int) -> None:
+        """Ask for the diversity values of the ranks up to q at least (and a chunk more)."""
+        assert self.diversity is not None and self.values is not None
+        upto = min(self.size, max(q + 1, self.known + self.chunk))
+        got = self.diversity.values(self.ranked_rows[self.known : upto])
+        if len(got) != upto - self.known:
+            raise ValueError(f"diversity.values returned {len(got)} entries for {upto - self.known} rows")
+        self.values.extend(got)
+        self.known = upto
+        self.chunk *= 2
 
     def blocked(self, q: int) -> bool:
         """Whether the diversity cap forbids item q now."""
         if self.values is None:
             return False
+        if q >= self.known:
+            self.fetch(q)
         counts, cap = self.counts, self.cap
         return any(counts.get(v, 0) >= cap for v in self.values[q])
 
@@ -400,6 +423,8 @@ class _Selector:
         self.picks.append(q)
         self.kinds.append(kind)
         if self.values is not None:
+            if q >= self.known:
+                self.fetch(q)
             for v in dict.fromkeys(self.values[q]):
                 self.counts[v] = self.counts.get(v, 0) + 1
         if self.reduces(q):
@@ -440,7 +465,7 @@ class _Selector:
     def walk(self, m: int) -> None:
         """Greedy over the base ranking until m picks or the pool is exhausted."""
         everything = range(self.size)
-        promoted_ranks = [q for q, hit in enumerate(self.promoted) if hit]  # the only takers without slack
+        promoted_ranks = self.promoted_ranks  # the only takers when every slot left is reserved
         taken, blocked = self.taken, self.blocked
         while len(self.picks) < m:
             found = -1
@@ -526,6 +551,7 @@ def _assemble(
     k: int,
     placed: dict[int, int],
     pin_tags: list[list[int]],
+    pinned_at: np.ndarray,
     order: np.ndarray,
     picks: list[int],
     kinds: list[int],
@@ -548,9 +574,7 @@ def _assemble(
             reasons=_early_reasons(picked, boosted, demoted, after),
         )
     chosen: list[int] = picked.tolist()
-    pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
-    hits = np.flatnonzero(_isin(pool_rows, pinned))
-    pool_index: dict[int, int] = dict(zip(pool_rows[hits].tolist(), hits.tolist(), strict=True))
+    pool_index: dict[int, int] = dict(zip(pool_rows[pinned_at].tolist(), pinned_at.tolist(), strict=True))
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
 
     out_pool: list[int] = []  # pool index per output item, -1 for a pin outside the pool
