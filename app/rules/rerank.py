@@ -522,6 +522,7 @@ def _mmr_walk(
     max_sim = np.zeros(q_size, dtype=np.float64)  # [Q] max cosine to the picks (0 before the first)
     taken = np.zeros(q_size, dtype=bool)  # [Q]
     n_taken = 0
+    promoted = np.asarray(selector.promoted_ranks, dtype=np.int64)  # [<= Q], ascending ranks
     while len(selector.picks) < m and n_taken < q_size:
         objective = base - (1.0 - lam) * max_sim  # [Q]
         objective[taken] = -np.inf
@@ -530,7 +531,11 @@ def _mmr_walk(
         if not selector.blocked(best) and selector.acceptable(best, m):
             selector.take(best, _STRICT)
         else:
-            candidates = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+            if m - len(selector.picks) > selector.outstanding:
+                candidates = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+            else:  # every slot left is reserved: only promoted items may be taken, look at them alone
+                ranks = promoted[~taken[promoted]]  # [<= Q]
+                candidates = ranks[np.argsort(-objective[ranks], kind="stable")].tolist()
             found = -1
             for q in candidates:
                 if not selector.blocked(q) and selector.acceptable(q, m):
@@ -538,8 +543,10 @@ def _mmr_walk(
                     break
             if found >= 0:
                 selector.take(found, _STRICT)
-            elif not selector.fallback(candidates, m):
-                return
+            else:
+                everything = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+                if not selector.fallback(everything, m):
+                    return
         q = selector.picks[before]
         sim = unit @ unit[q]  # [Q]
         max_sim = sim.astype(np.float64) if before == 0 else np.maximum(max_sim, sim)
