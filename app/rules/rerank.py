@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 
@@ -376,11 +376,14 @@ class _Selector:
         self.tags: dict[int, list[int]] = {}  # rank -> promotions it counted toward
         self.need = list(quota)
         self.outstanding = sum(quota)
-        promoted = cast(list[bool], match.any(axis=0).tolist()) if match.shape[0] else [False] * size
-        self.promoted = promoted  # [Q] matches any promotion
-        self.match_rows: list[list[bool]] = match.T.tolist()  # [Q][R]
+        # rank -> the promotions whose mask holds it (promoted ranks only)
+        self.promotions_of: dict[int, list[int]] = {}
+        if match.shape[0]:
+            which, ranks = np.nonzero(match)
+            for i, q in zip(which.tolist(), ranks.tolist(), strict=True):
+                self.promotions_of.setdefault(q, []).append(i)
+        self.promoted_ranks = sorted(self.promotions_of)  # ascending ranks
         self.cap = diversity.max_per_list if diversity is not None else 0
-        self.promoted_ranks: list[int] = np.flatnonzero(match.any(axis=0)).tolist() if match.shape[0] else []
         # Diversity values are asked for lazily, in chunks along the ranking: the walk rarely goes far.
         self.diversity = diversity
         self.ranked_rows = ranked_rows  # [Q]
@@ -412,10 +415,10 @@ class _Selector:
 
     def reduces(self, q: int) -> bool:
         """Whether taking item q reduces an outstanding reservation."""
-        if not self.outstanding or not self.promoted[q]:
+        if not self.outstanding or q not in self.promotions_of:
             return False
         need = self.need
-        return any(hit and need[i] > 0 for i, hit in enumerate(self.match_rows[q]))
+        return any(need[i] > 0 for i in self.promotions_of[q])
 
     def take(self, q: int, kind: int) -> None:
         """Add item q to the picks."""
@@ -428,7 +431,7 @@ class _Selector:
             for v in dict.fromkeys(self.values[q]):
                 self.counts[v] = self.counts.get(v, 0) + 1
         if self.reduces(q):
-            counted = [i for i, hit in enumerate(self.match_rows[q]) if hit and self.need[i] > 0]
+            counted = [i for i in self.promotions_of[q] if self.need[i] > 0]
             for i in counted:
                 self.need[i] -= 1
             self.outstanding -= len(counted)

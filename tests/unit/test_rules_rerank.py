@@ -284,6 +284,16 @@ def test_mmr_lambda_one_is_pure_relevance() -> None:
     assert out.rows.tolist() == [10, 11, 12, 13]
 
 
+def test_mmr_with_a_promotion() -> None:
+    # 1 slot (ceil(0.25 * 4)) for {14}: MMR picks 10, 13, 15 while free slots remain; the last slot is
+    # reserved, so 14 (not 11) takes it
+    out = rerank(
+        MMR_ROWS, MMR_SCORES, 4, mmr=Mmr(cluster_vectors, 0.5), promotions=[Promotion(mask(14), 0.25)]
+    )
+    assert out.rows.tolist() == [10, 13, 15, 14]
+    assert out.reasons[-1] == ["promotion:0"]
+
+
 def test_mmr_with_diversity() -> None:
     # cap 1 on "x" for 13 and 15: MMR would pick 10, 13, 15; 15 is blocked by 13 -> next best is 11 (-.125)
     table: dict[int, tuple[Hashable, ...]] = {10: (), 11: (), 12: (), 13: ("x",), 14: (), 15: ("x",)}
