@@ -173,7 +173,8 @@ def rerank(
         order = order[~is_pinned[order]]  # [Q]
     m = k - len(placed)  # slots left to the ranking
 
-    match = _matches(promotions, pool_rows[order])  # [R, Q]
+    ranked_rows = pool_rows[order]  # [Q]
+    match = _matches(promotions, ranked_rows)  # [R, Q]
     quota, pin_tags = _reservations(promotions, k, m, pinned, match)
 
     if m <= 0 or order.size == 0:
@@ -185,13 +186,13 @@ def rerank(
         kinds = [_STRICT] * len(picks)
         tags = {}
     else:
-        selector = _Selector(order.size, m, match, quota, diversity, pool_rows[order])
+        selector = _Selector(order.size, m, match, quota, diversity, ranked_rows)
         if mmr is None:
             selector.walk(m)
             picks, kinds = selector.ordered()
         else:
             rel_key = key[order]  # [Q]
-            _mmr_walk(selector, m, mmr, pool_rows[order], rel_key, last[order])
+            _mmr_walk(selector, m, mmr, ranked_rows, rel_key, last[order])
             picks, kinds = selector.picks, selector.kinds
         tags = selector.tags
 
@@ -583,39 +584,59 @@ def _assemble(
             scores=adj[picked],
             reasons=_early_reasons(picked, boosted, demoted, after),
         )
-    chosen: list[int] = picked.tolist()
-    pool_index: dict[int, int] = dict(zip(pool_rows[pinned_at].tolist(), pinned_at.tolist(), strict=True))
+    first_pin = len(picks)
+    pool_index = {
+        row: first_pin + e for e, row in enumerate(pool_rows[pinned_at].tolist())
+    }  # row -> `sel` entry
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
-
-    out_pool: list[int] = []  # pool index per output item, -1 for a pin outside the pool
-    out_rows: list[int] = []
+    # one gather for the picks and the pinned pool items: entry e of `sel` is pick e, then pin e - len(picks)
+    sel = np.concatenate([picked, pinned_at])  # [n + p_in]
+    sel_rows: list[int] = pool_rows[sel].tolist()
+    sel_scores: list[float] = adj[sel].tolist()
     late: list[list[str]] = []  # promotion, diversity and pin reasons per output item
+    out_sel: list[int] = []  # entry of `sel` per output item, -1 for a pin outside the pool
+    out_rows: list[int] = []
+    out_scores: list[float] = []
     nxt = 0
     for position in range(k):
         if position in placed:
             row = placed[position]
-            out_pool.append(pool_index.get(row, -1))
-            out_rows.append(row)
-            late.append([*(f"promotion:{i}" for i in pin_tags[pin_order[row]]), "pin"])
+            e = pool_index.get(row, -1)
+            why = [f"promotion:{i}" for i in pin_tags[pin_order[row]]]
+            why.append("pin")
+            out_scores.append(sel_scores[e] if e >= 0 else math.nan)
         elif nxt < len(picks):
-            out_pool.append(chosen[nxt])
-            out_rows.append(-1)
+            e = nxt
+            row = sel_rows[e]
             why = [f"promotion:{i}" for i in tags.get(picks[nxt], ())]
             if kinds[nxt] != _STRICT:
                 why.append("diversity:relaxed")
-            late.append(why)
+            out_scores.append(sel_scores[e])
             nxt += 1
-
-    idx = np.asarray(out_pool, dtype=np.int64)  # [n]
-    inside = idx >= 0  # [n]
-    rows = np.asarray(out_rows, dtype=np.int64)  # [n]
-    rows[inside] = pool_rows[idx[inside]]
-    scores = np.full(idx.size, np.nan)  # [n]
-    scores[inside] = adj[idx[inside]]
+        else:
+            continue
+        out_sel.append(e)
+        out_rows.append(row)
+        late.append(why)
     reasons = late
-    if pool_rows.size and idx.size:
-        reasons = _early_reasons(np.where(inside, idx, 0), boosted, demoted, late, inside)
-    return Ranked(rows=rows, scores=scores, reasons=reasons)
+    if boosted.shape[0] or demoted.any():
+        hit_rows: list[list[bool]] = boosted[:, sel].T.tolist()  # [n + p_in][B]
+        rotated: list[bool] = demoted[sel].tolist()  # [n + p_in]
+        reasons = [
+            [
+                *(f"boost:{b}" for b, hit in enumerate(hit_rows[e]) if hit),
+                *(["rotation"] if rotated[e] else []),
+                *why,
+            ]
+            if e >= 0
+            else why
+            for e, why in zip(out_sel, late, strict=True)
+        ]
+    return Ranked(
+        rows=np.asarray(out_rows, dtype=np.int64),
+        scores=np.asarray(out_scores, dtype=np.float64),
+        reasons=reasons,
+    )
 
 
 def _early_reasons(
@@ -623,16 +644,12 @@ def _early_reasons(
     boosted: np.ndarray,
     demoted: np.ndarray,
     late: list[list[str]],
-    inside: np.ndarray | None = None,
 ) -> list[list[str]]:
-    """The boost and rotation reasons of pool items `idx` [n] (those where `inside` [n] holds), then `late`."""
+    """The boost and rotation reasons of pool items `idx` [n], then `late`."""
     if not boosted.shape[0] and not demoted.any():
         return late
     hits = boosted[:, idx]  # [B, n]
     rotated = demoted[idx]  # [n]
-    if inside is not None:
-        hits &= inside
-        rotated &= inside
     hit_rows: list[list[bool]] = hits.T.tolist()  # [n][B]
     rotated_list: list[bool] = rotated.tolist()  # [n]
     return [
