@@ -523,13 +523,13 @@ def _mmr_walk(
         rel = np.ones(q_size)  # [Q]
     lam = float(mmr.lambda_)
     base = lam * rel - _LAST_TIER_PENALTY * last  # [Q]
-    max_sim = np.zeros(q_size, dtype=np.float64)  # [Q] max cosine to the picks (0 before the first)
+    weight = 1.0 - lam
+    # [Q] the objective: base - weight * (max cosine to the picks, 0 before the first); -inf once taken
+    objective = base.copy()
     taken = np.zeros(q_size, dtype=bool)  # [Q]
     n_taken = 0
     promoted = np.asarray(selector.promoted_ranks, dtype=np.int64)  # [<= Q], ascending ranks
     while len(selector.picks) < m and n_taken < q_size:
-        objective = base - (1.0 - lam) * max_sim  # [Q]
-        objective[taken] = -np.inf
         best = int(objective.argmax())  # the first of the ties: the earlier rank, as the stable sort below
         before = len(selector.picks)
         if not selector.blocked(best) and selector.acceptable(best, m):
@@ -552,8 +552,13 @@ def _mmr_walk(
                 if not selector.fallback(everything, m):
                     return
         q = selector.picks[before]
-        sim = unit @ unit[q]  # [Q]
-        max_sim = sim.astype(np.float64) if before == 0 else np.maximum(max_sim, sim)
+        penalised = base - weight * (unit @ unit[q])  # [Q] base - weight * cosine to the new pick
+        if before == 0:
+            objective = penalised
+            objective[taken] = -np.inf
+        else:
+            np.minimum(objective, penalised, out=objective)  # base - weight * max(...) = min over the picks
+        objective[q] = -np.inf
         taken[q] = True
         n_taken += 1
 
