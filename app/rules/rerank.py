@@ -35,26 +35,31 @@ Promotions (slots reserved for items of `Promotion.mask`)
     reservations are capped in order so that their sum is at most k (earlier promotions first). Pinned items
     that match count toward the reservation, and so does every matching item that makes the list anyway (an
     item matching several promotions counts toward each). A reservation is capped at the number of matching
-    items in the pool: when too few exist, the leftover slots go to the rest. The selection is greedy over the
-    base ranking: an item is taken while the free slots left still cover the outstanding reservations (their
-    sum), otherwise only an item that reduces an outstanding reservation is taken and the others wait (they
-    are taken, in order, once the reservations are met). So the reserved slots hold the best matching items
-    and the other slots the best remaining ones; the result is ordered by the base ranking (promoted items are
-    interleaved by score, not forced to the top), and every reserved item is within the k.
+    items in the pool: when too few exist, the leftover slots go to the rest; and, in order, at the slots that
+    the pins leave. The selection is greedy over the base ranking: an item is taken while the free slots left
+    still cover the outstanding reservations (counted as their sum: with overlapping promotions a matching
+    item may be taken a little earlier than strictly needed), otherwise only an item that reduces an
+    outstanding reservation is taken and the others wait (they are taken, in order, once the reservations are
+    met). So the reserved slots hold the best matching items and the other slots the best remaining ones; the
+    result is ordered by the base ranking (promoted items are interleaved by score, not forced to the top),
+    and every reserved item is within the k.
 
 Diversity (`Diversity(max_per_list, values)`; `values(rows)` gives each row's values of a field)
     Greedy: walking the ranking, an item is skipped when any of its values already appears `max_per_list`
     times among the items chosen so far (a multi-valued item counts against each of its values; an item with
     no value, `()`, is never limited). Promoted reservations are filled with matching items that respect the
-    cap when the pool has any; only when none is left is the cap relaxed for a reserved item. If the pool runs
-    out before k, the remaining slots are filled with the skipped items in base order, appended at the end
-    (reason "diversity:relaxed"): better k items than fewer.
+    cap when the pool has any; only when none is left is the cap relaxed for a reserved item (greedy, without
+    look-ahead: an item taken earlier never gives way to make room for a reserved one). If the pool runs out
+    before k, the remaining slots are filled with the skipped items in base order, appended at the end
+    (reason "diversity:relaxed"): better k items than fewer. `values` is called lazily on consecutive slices
+    of the ranking (possibly several times per call, never twice for a row): the walk rarely needs the pool.
 
 MMR (`Mmr(vectors, lambda_)`, with or without diversity)
     Instead of walking the base ranking, each step picks the item maximising
     lambda_ * rel - (1 - lambda_) * max cosine similarity to the items already picked (0 for the first pick),
-    where rel is the adjusted score min-max normalised over the (unpinned) pool (all 1 when constant). Ties go
-    to the earlier item in the base ranking; rotated items with factor 0 are still picked last. The same
+    where rel is the adjusted score min-max normalised over the (unpinned) pool (all 1 when constant; rows
+    rotated with factor 0 use their pre-rotation score, and are still picked last). Zero vectors have
+    similarity 0 to everything. Ties go to the earlier item in the base ranking. The same
     promotion and diversity rules decide which items may be picked at each step, and the output keeps the
     pick order (relaxed fill items last).
 
