@@ -197,6 +197,25 @@ def test_a_reserved_item_relaxes_the_cap_when_no_matching_item_fits() -> None:
     assert reasons_of(out)[12] == ["promotion:0", "diversity:relaxed"]
 
 
+def test_diversity_values_are_asked_lazily_never_twice_for_a_row() -> None:
+    # 300 candidates, 3 values round-robin, cap 1, k=5: the walk needs the first ranks, then fills
+    rows = np.arange(300, dtype=np.int64)
+    scores = -np.arange(300, dtype=np.float64)
+    asked: list[int] = []
+
+    def values(chunk: np.ndarray) -> list[tuple[Hashable, ...]]:
+        asked.extend(chunk.tolist())
+        return [(int(r) % 3,) for r in chunk]
+
+    out = rerank(rows, scores, 5, diversity=Diversity(1, values))
+    # 0, 1, 2 (one per value); then every rank is blocked: fill with 3, 4
+    assert out.rows.tolist() == [0, 1, 2, 3, 4]
+    assert len(asked) == len(set(asked)) == 300  # the walk looked at every rank before relaxing
+    asked.clear()
+    out = rerank(rows, scores, 3, diversity=Diversity(1, values))
+    assert out.rows.tolist() == [0, 1, 2] and asked == list(range(32))  # one chunk: max(32, 4 k) ranks
+
+
 # --- pins --------------------------------------------------------------------------------------------------
 
 
