@@ -487,3 +487,22 @@ def test_randomized_invariants(seed: int) -> None:
     if mmr is None and diversity is None and not promotions:  # plain: the rest is sorted by adjusted score
         rest = [s for s, why in zip(out.scores, out.reasons, strict=True) if "pin" not in why]
         assert rest == sorted(rest, reverse=True)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_one_promotion_matches_the_reference_set(seed: int) -> None:
+    # reference: the r best matching items, plus the best (k - r) of everything else, ordered by score
+    rng = np.random.default_rng(1000 + seed)
+    size = int(rng.integers(1, 80))
+    rows = rng.choice(200, size=size, replace=False).astype(np.int64)
+    scores = rng.normal(size=size)  # unsorted on purpose
+    promo = rng.random(200) < rng.uniform(0.02, 0.5)
+    share = float(rng.uniform(0.01, 1.0))
+    k = int(rng.integers(1, 20))
+    ranked = [int(rows[i]) for i in np.argsort(-scores, kind="stable")]
+    matching = [r for r in ranked if promo[r]]
+    reserved = set(matching[: min(math.ceil(share * k - 1e-9), k)])
+    rest = [r for r in ranked if r not in reserved][: k - len(reserved)]
+    expected = [r for r in ranked if r in reserved or r in rest]
+    out = rerank(rows, scores, k, promotions=[Promotion(promo, share)])
+    assert out.rows.tolist() == expected
