@@ -284,10 +284,12 @@ def _pool(
 
 
 def _isin(values: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """bool [len(values)]: np.isin, by broadcasting when `among` is small (much cheaper there)."""
-    if among.size <= 32:
-        return (values[:, None] == among[None, :]).any(axis=1)
-    return np.isin(values, among)
+    """bool [len(values)]: np.isin, by binary search in sorted `among` (several times cheaper at these sizes)."""
+    if among.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    ordered = np.sort(among)
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)  # [len(values)]
+    return ordered[at] == values
 
 
 def _adjust(
