@@ -272,10 +272,11 @@ def _pool(
             raise ValueError(f"rows {r.shape} and scores {s.shape} differ in length")
     pool_rows = np.concatenate(parts_rows) if len(parts_rows) > 1 else parts_rows[0]  # [P]
     pool_scores = np.concatenate(parts_scores) if len(parts_scores) > 1 else parts_scores[0]  # [P]
-    valid = pool_rows >= 0
-    if not valid.all():
-        pool_rows, pool_scores = pool_rows[valid], pool_scores[valid]
     ordered = np.sort(pool_rows)  # [P]
+    if ordered.size and ordered[0] < 0:  # FAISS padding (-1)
+        valid = pool_rows >= 0
+        pool_rows, pool_scores = pool_rows[valid], pool_scores[valid]
+        ordered = ordered[np.searchsorted(ordered, 0) :]
     if ordered.size > 1 and (ordered[1:] == ordered[:-1]).any():
         _, first = np.unique(pool_rows, return_index=True)
         first.sort()
