@@ -316,17 +316,14 @@ def _adjust(
     last = np.zeros(pool_rows.size, dtype=bool)  # [P]
     if rotation is not None and len(rotation.demoted):
         demoted = _isin(pool_rows, np.asarray(rotation.demoted, dtype=np.int64))  # [P]
-        if demoted.any():
+        if rotation.factor == 0:
             key = adj.copy()  # demoted rows keep their pre-rotation score as the key within the last tier
-            if rotation.factor == 0:
-                last = demoted
-                adj[demoted] = -np.inf if logits else 0.0
-            elif logits:
-                adj[demoted] += math.log(rotation.factor)
-                key = adj
-            else:
-                adj[demoted] *= rotation.factor
-                key = adj
+            last = demoted
+            adj[demoted] = -np.inf if logits else 0.0
+        elif logits:
+            adj[demoted] += math.log(rotation.factor)
+        else:
+            adj[demoted] *= rotation.factor
     else:
         demoted = last
     return adj, key, last, boosted, demoted
