@@ -35,26 +35,31 @@ Promotions (slots reserved for items of `Promotion.mask`)
     reservations are capped in order so that their sum is at most k (earlier promotions first). Pinned items
     that match count toward the reservation, and so does every matching item that makes the list anyway (an
     item matching several promotions counts toward each). A reservation is capped at the number of matching
-    items in the pool: when too few exist, the leftover slots go to the rest. The selection is greedy over the
-    base ranking: an item is taken while the free slots left still cover the outstanding reservations (their
-    sum), otherwise only an item that reduces an outstanding reservation is taken and the others wait (they
-    are taken, in order, once the reservations are met). So the reserved slots hold the best matching items
-    and the other slots the best remaining ones; the result is ordered by the base ranking (promoted items are
-    interleaved by score, not forced to the top), and every reserved item is within the k.
+    items in the pool: when too few exist, the leftover slots go to the rest; and, in order, at the slots that
+    the pins leave. The selection is greedy over the base ranking: an item is taken while the free slots left
+    still cover the outstanding reservations (counted as their sum: with overlapping promotions a matching
+    item may be taken a little earlier than strictly needed), otherwise only an item that reduces an
+    outstanding reservation is taken and the others wait (they are taken, in order, once the reservations are
+    met). So the reserved slots hold the best matching items and the other slots the best remaining ones; the
+    result is ordered by the base ranking (promoted items are interleaved by score, not forced to the top),
+    and every reserved item is within the k.
 
 Diversity (`Diversity(max_per_list, values)`; `values(rows)` gives each row's values of a field)
     Greedy: walking the ranking, an item is skipped when any of its values already appears `max_per_list`
     times among the items chosen so far (a multi-valued item counts against each of its values; an item with
     no value, `()`, is never limited). Promoted reservations are filled with matching items that respect the
-    cap when the pool has any; only when none is left is the cap relaxed for a reserved item. If the pool runs
-    out before k, the remaining slots are filled with the skipped items in base order, appended at the end
-    (reason "diversity:relaxed"): better k items than fewer.
+    cap when the pool has any; only when none is left is the cap relaxed for a reserved item (greedy, without
+    look-ahead: an item taken earlier never gives way to make room for a reserved one). If the pool runs out
+    before k, the remaining slots are filled with the skipped items in base order, appended at the end
+    (reason "diversity:relaxed"): better k items than fewer. `values` is called lazily on consecutive slices
+    of the ranking (possibly several times per call, never twice for a row): the walk rarely needs the pool.
 
 MMR (`Mmr(vectors, lambda_)`, with or without diversity)
     Instead of walking the base ranking, each step picks the item maximising
     lambda_ * rel - (1 - lambda_) * max cosine similarity to the items already picked (0 for the first pick),
-    where rel is the adjusted score min-max normalised over the (unpinned) pool (all 1 when constant). Ties go
-    to the earlier item in the base ranking; rotated items with factor 0 are still picked last. The same
+    where rel is the adjusted score min-max normalised over the (unpinned) pool (all 1 when constant; rows
+    rotated with factor 0 use their pre-rotation score, and are still picked last). Zero vectors have
+    similarity 0 to everything. Ties go to the earlier item in the base ranking. The same
     promotion and diversity rules decide which items may be picked at each step, and the output keeps the
     pick order (relaxed fill items last).
 
@@ -70,7 +75,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 
@@ -166,11 +171,15 @@ def rerank(
     if last.any():
         order = np.concatenate([order[~last[order]], order[last[order]]])
     pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
+    pinned_at = np.empty(0, dtype=np.int64)  # pool indices of the pinned rows in the pool
     if pinned.size:
-        order = order[~_isin(pool_rows[order], pinned)]  # [Q]
+        is_pinned = _isin(pool_rows, pinned)  # [P]
+        pinned_at = np.flatnonzero(is_pinned)
+        order = order[~is_pinned[order]]  # [Q]
     m = k - len(placed)  # slots left to the ranking
 
-    match = _matches(promotions, pool_rows[order])  # [R, Q]
+    ranked_rows = pool_rows[order]  # [Q]
+    match = _matches(promotions, ranked_rows)  # [R, Q]
     quota, pin_tags = _reservations(promotions, k, m, pinned, match)
 
     if m <= 0 or order.size == 0:
@@ -182,17 +191,19 @@ def rerank(
         kinds = [_STRICT] * len(picks)
         tags = {}
     else:
-        selector = _Selector(order.size, match, quota, diversity, pool_rows[order])
+        selector = _Selector(order.size, m, match, quota, diversity, ranked_rows)
         if mmr is None:
             selector.walk(m)
             picks, kinds = selector.ordered()
         else:
             rel_key = key[order]  # [Q]
-            _mmr_walk(selector, m, mmr, pool_rows[order], rel_key, last[order])
+            _mmr_walk(selector, m, mmr, ranked_rows, rel_key, last[order])
             picks, kinds = selector.picks, selector.kinds
         tags = selector.tags
 
-    return _assemble(k, placed, pin_tags, order, picks, kinds, tags, pool_rows, adj, boosted, demoted)
+    return _assemble(
+        k, placed, pin_tags, pinned_at, order, picks, kinds, tags, pool_rows, adj, boosted, demoted
+    )
 
 
 def _check(
@@ -261,10 +272,11 @@ def _pool(
             raise ValueError(f"rows {r.shape} and scores {s.shape} differ in length")
     pool_rows = np.concatenate(parts_rows) if len(parts_rows) > 1 else parts_rows[0]  # [P]
     pool_scores = np.concatenate(parts_scores) if len(parts_scores) > 1 else parts_scores[0]  # [P]
-    valid = pool_rows >= 0
-    if not valid.all():
-        pool_rows, pool_scores = pool_rows[valid], pool_scores[valid]
     ordered = np.sort(pool_rows)  # [P]
+    if ordered.size and ordered[0] < 0:  # FAISS padding (-1)
+        valid = pool_rows >= 0
+        pool_rows, pool_scores = pool_rows[valid], pool_scores[valid]
+        ordered = ordered[np.searchsorted(ordered, 0) :]
     if ordered.size > 1 and (ordered[1:] == ordered[:-1]).any():
         _, first = np.unique(pool_rows, return_index=True)
         first.sort()
@@ -273,10 +285,12 @@ def _pool(
 
 
 def _isin(values: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """bool [len(values)]: np.isin, by broadcasting when `among` is small (much cheaper there)."""
-    if among.size <= 32:
-        return (values[:, None] == among[None, :]).any(axis=1)
-    return np.isin(values, among)
+    """bool [len(values)]: np.isin, by binary search in sorted `among` (several times cheaper at these sizes)."""
+    if among.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    ordered = np.sort(among)
+    at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)  # [len(values)]
+    return ordered[at] == values
 
 
 def _adjust(
@@ -302,17 +316,14 @@ def _adjust(
     last = np.zeros(pool_rows.size, dtype=bool)  # [P]
     if rotation is not None and len(rotation.demoted):
         demoted = _isin(pool_rows, np.asarray(rotation.demoted, dtype=np.int64))  # [P]
-        if demoted.any():
+        if rotation.factor == 0:
             key = adj.copy()  # demoted rows keep their pre-rotation score as the key within the last tier
-            if rotation.factor == 0:
-                last = demoted
-                adj[demoted] = -np.inf if logits else 0.0
-            elif logits:
-                adj[demoted] += math.log(rotation.factor)
-                key = adj
-            else:
-                adj[demoted] *= rotation.factor
-                key = adj
+            last = demoted
+            adj[demoted] = -np.inf if logits else 0.0
+        elif logits:
+            adj[demoted] += math.log(rotation.factor)
+        else:
+            adj[demoted] *= rotation.factor
     else:
         demoted = last
     return adj, key, last, boosted, demoted
@@ -358,6 +369,7 @@ class _Selector:
     def __init__(
         self,
         size: int,
+        m: int,
         match: np.ndarray,
         quota: list[int],
         diversity: Diversity | None,
@@ -370,29 +382,49 @@ class _Selector:
         self.tags: dict[int, list[int]] = {}  # rank -> promotions it counted toward
         self.need = list(quota)
         self.outstanding = sum(quota)
-        promoted = cast(list[bool], match.any(axis=0).tolist()) if match.shape[0] else [False] * size
-        self.promoted = promoted  # [Q] matches any promotion
-        self.match_rows: list[list[bool]] = match.T.tolist()  # [Q][R]
+        # rank -> the promotions whose mask holds it (promoted ranks only)
+        self.promotions_of: dict[int, list[int]] = {}
+        if match.shape[0]:
+            which, ranks = np.nonzero(match)
+            for i, q in zip(which.tolist(), ranks.tolist(), strict=True):
+                self.promotions_of.setdefault(q, []).append(i)
+        self.promoted_ranks = sorted(self.promotions_of)  # ascending ranks
         self.cap = diversity.max_per_list if diversity is not None else 0
-        self.values = diversity.values(ranked_rows) if diversity is not None else None  # [Q] tuples
-        if self.values is not None and len(self.values) != size:
-            raise ValueError(f"diversity.values returned {len(self.values)} entries for {size} rows")
+        # Diversity values are asked for lazily, in chunks along the ranking: the walk rarely goes far.
+        self.diversity = diversity
+        self.ranked_rows = ranked_rows  # [Q]
+        self.values: list[tuple[Hashable, ...]] | None = [] if diversity is not None else None  # [known]
+        self.known = 0 if diversity is not None else size
+        self.chunk = max(32, 4 * m)
         self.counts: dict[Hashable, int] = {}
         self.start = 0  # every rank before it is taken or blocked by diversity (for good: counts only grow)
+
+    def fetch(self, q: int) -> None:
+        """Ask for the diversity values of the ranks up to q at least (and a chunk more)."""
+        assert self.diversity is not None and self.values is not None
+        upto = min(self.size, max(q + 1, self.known + self.chunk))
+        got = self.diversity.values(self.ranked_rows[self.known : upto])
+        if len(got) != upto - self.known:
+            raise ValueError(f"diversity.values returned {len(got)} entries for {upto - self.known} rows")
+        self.values.extend(got)
+        self.known = upto
+        self.chunk *= 2
 
     def blocked(self, q: int) -> bool:
         """Whether the diversity cap forbids item q now."""
         if self.values is None:
             return False
+        if q >= self.known:
+            self.fetch(q)
         counts, cap = self.counts, self.cap
         return any(counts.get(v, 0) >= cap for v in self.values[q])
 
     def reduces(self, q: int) -> bool:
         """Whether taking item q reduces an outstanding reservation."""
-        if not self.outstanding or not self.promoted[q]:
+        if not self.outstanding or q not in self.promotions_of:
             return False
         need = self.need
-        return any(hit and need[i] > 0 for i, hit in enumerate(self.match_rows[q]))
+        return any(need[i] > 0 for i in self.promotions_of[q])
 
     def take(self, q: int, kind: int) -> None:
         """Add item q to the picks."""
@@ -400,10 +432,12 @@ class _Selector:
         self.picks.append(q)
         self.kinds.append(kind)
         if self.values is not None:
+            if q >= self.known:
+                self.fetch(q)
             for v in dict.fromkeys(self.values[q]):
                 self.counts[v] = self.counts.get(v, 0) + 1
         if self.reduces(q):
-            counted = [i for i, hit in enumerate(self.match_rows[q]) if hit and self.need[i] > 0]
+            counted = [i for i in self.promotions_of[q] if self.need[i] > 0]
             for i in counted:
                 self.need[i] -= 1
             self.outstanding -= len(counted)
@@ -440,7 +474,7 @@ class _Selector:
     def walk(self, m: int) -> None:
         """Greedy over the base ranking until m picks or the pool is exhausted."""
         everything = range(self.size)
-        promoted_ranks = [q for q, hit in enumerate(self.promoted) if hit]  # the only takers without slack
+        promoted_ranks = self.promoted_ranks  # the only takers when every slot left is reserved
         taken, blocked = self.taken, self.blocked
         while len(self.picks) < m:
             found = -1
@@ -494,18 +528,23 @@ def _mmr_walk(
         rel = np.ones(q_size)  # [Q]
     lam = float(mmr.lambda_)
     base = lam * rel - _LAST_TIER_PENALTY * last  # [Q]
-    max_sim = np.zeros(q_size, dtype=np.float64)  # [Q] max cosine to the picks (0 before the first)
+    weight = 1.0 - lam
+    # [Q] the objective: base - weight * (max cosine to the picks, 0 before the first); -inf once taken
+    objective = base.copy()
     taken = np.zeros(q_size, dtype=bool)  # [Q]
     n_taken = 0
+    promoted = np.asarray(selector.promoted_ranks, dtype=np.int64)  # [<= Q], ascending ranks
     while len(selector.picks) < m and n_taken < q_size:
-        objective = base - (1.0 - lam) * max_sim  # [Q]
-        objective[taken] = -np.inf
         best = int(objective.argmax())  # the first of the ties: the earlier rank, as the stable sort below
         before = len(selector.picks)
         if not selector.blocked(best) and selector.acceptable(best, m):
             selector.take(best, _STRICT)
         else:
-            candidates = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+            if m - len(selector.picks) > selector.outstanding:
+                candidates = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+            else:  # every slot left is reserved: only promoted items may be taken, look at them alone
+                ranks = promoted[~taken[promoted]]  # [<= Q]
+                candidates = ranks[np.argsort(-objective[ranks], kind="stable")].tolist()
             found = -1
             for q in candidates:
                 if not selector.blocked(q) and selector.acceptable(q, m):
@@ -513,11 +552,18 @@ def _mmr_walk(
                     break
             if found >= 0:
                 selector.take(found, _STRICT)
-            elif not selector.fallback(candidates, m):
-                return
+            else:
+                everything = np.argsort(-objective, kind="stable")[: q_size - n_taken].tolist()
+                if not selector.fallback(everything, m):
+                    return
         q = selector.picks[before]
-        sim = unit @ unit[q]  # [Q]
-        max_sim = sim.astype(np.float64) if before == 0 else np.maximum(max_sim, sim)
+        penalised = base - weight * (unit @ unit[q])  # [Q] base - weight * cosine to the new pick
+        if before == 0:
+            objective = penalised
+            objective[taken] = -np.inf
+        else:
+            np.minimum(objective, penalised, out=objective)  # base - weight * max(...) = min over the picks
+        objective[q] = -np.inf
         taken[q] = True
         n_taken += 1
 
@@ -526,6 +572,7 @@ def _assemble(
     k: int,
     placed: dict[int, int],
     pin_tags: list[list[int]],
+    pinned_at: np.ndarray,
     order: np.ndarray,
     picks: list[int],
     kinds: list[int],
@@ -547,41 +594,59 @@ def _assemble(
             scores=adj[picked],
             reasons=_early_reasons(picked, boosted, demoted, after),
         )
-    chosen: list[int] = picked.tolist()
-    pinned = np.fromiter(placed.values(), dtype=np.int64, count=len(placed))  # [p]
-    hits = np.flatnonzero(_isin(pool_rows, pinned))
-    pool_index: dict[int, int] = dict(zip(pool_rows[hits].tolist(), hits.tolist(), strict=True))
+    first_pin = len(picks)
+    pool_index = {
+        row: first_pin + e for e, row in enumerate(pool_rows[pinned_at].tolist())
+    }  # row -> `sel` entry
     pin_order = {row: n for n, row in enumerate(placed.values())}  # row -> index into pin_tags
-
-    out_pool: list[int] = []  # pool index per output item, -1 for a pin outside the pool
-    out_rows: list[int] = []
+    # one gather for the picks and the pinned pool items: entry e of `sel` is pick e, then pin e - len(picks)
+    sel = np.concatenate([picked, pinned_at])  # [n + p_in]
+    sel_rows: list[int] = pool_rows[sel].tolist()
+    sel_scores: list[float] = adj[sel].tolist()
     late: list[list[str]] = []  # promotion, diversity and pin reasons per output item
+    out_sel: list[int] = []  # entry of `sel` per output item, -1 for a pin outside the pool
+    out_rows: list[int] = []
+    out_scores: list[float] = []
     nxt = 0
     for position in range(k):
         if position in placed:
             row = placed[position]
-            out_pool.append(pool_index.get(row, -1))
-            out_rows.append(row)
-            late.append([*(f"promotion:{i}" for i in pin_tags[pin_order[row]]), "pin"])
+            e = pool_index.get(row, -1)
+            why = [f"promotion:{i}" for i in pin_tags[pin_order[row]]]
+            why.append("pin")
+            out_scores.append(sel_scores[e] if e >= 0 else math.nan)
         elif nxt < len(picks):
-            out_pool.append(chosen[nxt])
-            out_rows.append(-1)
+            e = nxt
+            row = sel_rows[e]
             why = [f"promotion:{i}" for i in tags.get(picks[nxt], ())]
             if kinds[nxt] != _STRICT:
                 why.append("diversity:relaxed")
-            late.append(why)
+            out_scores.append(sel_scores[e])
             nxt += 1
-
-    idx = np.asarray(out_pool, dtype=np.int64)  # [n]
-    inside = idx >= 0  # [n]
-    rows = np.asarray(out_rows, dtype=np.int64)  # [n]
-    rows[inside] = pool_rows[idx[inside]]
-    scores = np.full(idx.size, np.nan)  # [n]
-    scores[inside] = adj[idx[inside]]
+        else:
+            continue
+        out_sel.append(e)
+        out_rows.append(row)
+        late.append(why)
     reasons = late
-    if pool_rows.size and idx.size:
-        reasons = _early_reasons(np.where(inside, idx, 0), boosted, demoted, late, inside)
-    return Ranked(rows=rows, scores=scores, reasons=reasons)
+    if boosted.shape[0] or demoted.any():
+        hit_rows: list[list[bool]] = boosted[:, sel].T.tolist()  # [n + p_in][B]
+        rotated: list[bool] = demoted[sel].tolist()  # [n + p_in]
+        reasons = [
+            [
+                *(f"boost:{b}" for b, hit in enumerate(hit_rows[e]) if hit),
+                *(["rotation"] if rotated[e] else []),
+                *why,
+            ]
+            if e >= 0
+            else why
+            for e, why in zip(out_sel, late, strict=True)
+        ]
+    return Ranked(
+        rows=np.asarray(out_rows, dtype=np.int64),
+        scores=np.asarray(out_scores, dtype=np.float64),
+        reasons=reasons,
+    )
 
 
 def _early_reasons(
@@ -589,16 +654,12 @@ def _early_reasons(
     boosted: np.ndarray,
     demoted: np.ndarray,
     late: list[list[str]],
-    inside: np.ndarray | None = None,
 ) -> list[list[str]]:
-    """The boost and rotation reasons of pool items `idx` [n] (those where `inside` [n] holds), then `late`."""
+    """The boost and rotation reasons of pool items `idx` [n], then `late`."""
     if not boosted.shape[0] and not demoted.any():
         return late
     hits = boosted[:, idx]  # [B, n]
     rotated = demoted[idx]  # [n]
-    if inside is not None:
-        hits &= inside
-        rotated &= inside
     hit_rows: list[list[bool]] = hits.T.tolist()  # [n][B]
     rotated_list: list[bool] = rotated.tolist()  # [n]
     return [

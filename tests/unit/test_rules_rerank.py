@@ -197,6 +197,25 @@ def test_a_reserved_item_relaxes_the_cap_when_no_matching_item_fits() -> None:
     assert reasons_of(out)[12] == ["promotion:0", "diversity:relaxed"]
 
 
+def test_diversity_values_are_asked_lazily_never_twice_for_a_row() -> None:
+    # 300 candidates, 3 values round-robin, cap 1, k=5: the walk needs the first ranks, then fills
+    rows = np.arange(300, dtype=np.int64)
+    scores = -np.arange(300, dtype=np.float64)
+    asked: list[int] = []
+
+    def values(chunk: np.ndarray) -> list[tuple[Hashable, ...]]:
+        asked.extend(chunk.tolist())
+        return [(int(r) % 3,) for r in chunk]
+
+    out = rerank(rows, scores, 5, diversity=Diversity(1, values))
+    # 0, 1, 2 (one per value); then every rank is blocked: fill with 3, 4
+    assert out.rows.tolist() == [0, 1, 2, 3, 4]
+    assert len(asked) == len(set(asked)) == 300  # the walk looked at every rank before relaxing
+    asked.clear()
+    out = rerank(rows, scores, 3, diversity=Diversity(1, values))
+    assert out.rows.tolist() == [0, 1, 2] and asked == list(range(32))  # one chunk: max(32, 4 k) ranks
+
+
 # --- pins --------------------------------------------------------------------------------------------------
 
 
@@ -282,6 +301,16 @@ def test_mmr_with_three_clusters() -> None:
 def test_mmr_lambda_one_is_pure_relevance() -> None:
     out = rerank(MMR_ROWS, MMR_SCORES, 4, mmr=Mmr(cluster_vectors, 1.0))
     assert out.rows.tolist() == [10, 11, 12, 13]
+
+
+def test_mmr_with_a_promotion() -> None:
+    # 1 slot (ceil(0.25 * 4)) for {14}: MMR picks 10, 13, 15 while free slots remain; the last slot is
+    # reserved, so 14 (not 11) takes it
+    out = rerank(
+        MMR_ROWS, MMR_SCORES, 4, mmr=Mmr(cluster_vectors, 0.5), promotions=[Promotion(mask(14), 0.25)]
+    )
+    assert out.rows.tolist() == [10, 13, 15, 14]
+    assert out.reasons[-1] == ["promotion:0"]
 
 
 def test_mmr_with_diversity() -> None:
@@ -378,6 +407,9 @@ def test_randomized_invariants(seed: int) -> None:
     size = int(rng.integers(0, 60))
     rows = rng.choice(n_rows, size=size, replace=False).astype(np.int64)  # [C]
     scores = np.sort(rng.normal(size=size))[::-1]  # [C]
+    if size and rng.random() < 0.3:  # FAISS padding and a repeated row (its first score is kept)
+        rows = np.concatenate([rows, [rows[0], -1, -1]])
+        scores = np.concatenate([scores, [scores[-1] - 1.0, -np.inf, -np.inf]])
     k = int(rng.integers(0, 15))
     multi = bool(rng.integers(0, 2))
     n_values = int(rng.integers(1, 12))
@@ -418,7 +450,7 @@ def test_randomized_invariants(seed: int) -> None:
     )
     got = out.rows.tolist()
     placed = reference_pins(pins, k)
-    pool = set(rows.tolist()) | {int(r) for extra, _ in pools for r in extra}
+    pool = (set(rows.tolist()) - {-1}) | {int(r) for extra, _ in pools for r in extra}
     everything = pool | set(placed.values())
 
     assert len(got) == len(set(got)), "duplicates"
@@ -458,3 +490,22 @@ def test_randomized_invariants(seed: int) -> None:
     if mmr is None and diversity is None and not promotions:  # plain: the rest is sorted by adjusted score
         rest = [s for s, why in zip(out.scores, out.reasons, strict=True) if "pin" not in why]
         assert rest == sorted(rest, reverse=True)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_one_promotion_matches_the_reference_set(seed: int) -> None:
+    # reference: the r best matching items, plus the best (k - r) of everything else, ordered by score
+    rng = np.random.default_rng(1000 + seed)
+    size = int(rng.integers(1, 80))
+    rows = rng.choice(200, size=size, replace=False).astype(np.int64)
+    scores = rng.normal(size=size)  # unsorted on purpose
+    promo = rng.random(200) < rng.uniform(0.02, 0.5)
+    share = float(rng.uniform(0.01, 1.0))
+    k = int(rng.integers(1, 20))
+    ranked = [int(rows[i]) for i in np.argsort(-scores, kind="stable")]
+    matching = [r for r in ranked if promo[r]]
+    reserved = set(matching[: min(math.ceil(share * k - 1e-9), k)])
+    rest = [r for r in ranked if r not in reserved][: k - len(reserved)]
+    expected = [r for r in ranked if r in reserved or r in rest]
+    out = rerank(rows, scores, k, promotions=[Promotion(promo, share)])
+    assert out.rows.tolist() == expected
