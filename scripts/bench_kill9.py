@@ -52,7 +52,9 @@ class Result:
     lost: int  # acked ids missing from the table
     duplicates: int  # rows beyond one per id
     cut: int  # requests that failed because of a kill, or were refused while it restarted (then re-sent)
-    redelivered: int  # events of re-sent batches answered as duplicates: committed before the kill cut the answer
+    redelivered: (
+        int  # events of re-sent batches answered as duplicates: committed before the kill cut the answer
+    )
     seconds: float
 
 

@@ -126,7 +126,7 @@ def replay(state: AppState, body: ReplayIn) -> dict[str, Any]:
     }
     return {
         "placement": body.placement,
-        "candidate": cand.model_dump(exclude_none=True),
+        "change": cand.model_dump(exclude_none=True),  # what the candidate changes
         "k": k,
         "days": body.days,
         "answers": n,

@@ -233,7 +233,8 @@ def experiment_report(session: Session, row: Experiment, *, bootstrap: int = 200
     stopped = _utc(row.stopped_at)
     window = float(row.attribution_window_s)
     until = stopped + timedelta(seconds=window) if stopped is not None else None
-    acted = attribution.read_acted(session, users, started, until)
+    first = min((s.ts for s in shown), default=started)  # events before the first impression never count
+    acted = attribution.read_acted(session, users, first, until)
     attributed = attribution.attribute(shown, acted, window)
     by_variant = attribution.outcomes_by_variant(shown, attributed)
     names = [str(v["name"]) for v in row.variants]
