@@ -146,6 +146,7 @@ def test_not_interested_lowers_the_items_rank_for_those_users() -> None:
     after = rank_of(with_negatives, log, told, star)
     assert before.mean() <= 3.0, before  # the favourite is near the top for them without negatives
     assert after.mean() >= before.mean() + 4.0, (before, after)
+    assert (after > before).mean() >= 0.8, (before, after)  # nearly every one of them, not a few outliers
     stats = with_negatives.data_stats["negatives"]
     assert stats["used"] == {"not_interested": len(told)} and stats["users"] == len(told)
     assert "negatives" not in without.data_stats
