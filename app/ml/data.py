@@ -312,7 +312,8 @@ def user_negatives(
     max_per_user: int = MAX_NEGATIVES_PER_USER,
 ) -> UserNegatives:
     """Map negatives onto a split: users it trains and items of the training log (`log_items`, whose codes are
-    the split's first ones); other pairs are ignored. A pair given twice (or by two kinds) counts once, under its
+    the split's first ones); other pairs are ignored, and so is a negative the user's own later positive on the
+    same item supersedes (the split's time of the pair is after the negative's). A pair given twice (or by two kinds) counts once, under its
     first kind in `negatives`' order; a user keeps their latest `max_per_user` negatives.
 
     The report: `used` pairs per kind, and the pairs `ignored` because the item or the user is not trained on.
@@ -327,7 +328,22 @@ def user_negatives(
     kinds = np.fromiter((kind_code[k] for k in negatives.kinds), dtype=np.int64, count=n)
     unknown_item = items < 0
     unknown_user = (users < 0) & ~unknown_item
-    ok = np.flatnonzero((users >= 0) & (items >= 0))
+    known = (users >= 0) & (items >= 0)
+    # A positive of the same user on the same item after the negative supersedes it (they came back to it).
+    superseded = np.zeros(n, dtype=bool)
+    if split.times is not None and known.any():
+        n_keys = max(split.n_items, 1)
+        owner = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(split.offsets))  # [nnz]
+        keys = owner * n_keys + split.items  # [nnz] unique per (user, item): the split keeps pairs once
+        order = np.argsort(keys)
+        sorted_keys, sorted_times = keys[order], split.times[order]
+        rows = np.flatnonzero(known)
+        wanted = users[rows] * n_keys + items[rows]
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), max(sorted_keys.shape[0] - 1, 0))
+        if sorted_keys.shape[0]:
+            hit = (sorted_keys[at] == wanted) & (sorted_times[at] > negatives.timestamps[rows])
+            superseded[rows[hit]] = True
+    ok = np.flatnonzero(known & ~superseded)
     pair = users[ok] * max(split.n_items, 1) + items[ok]
     _, first = np.unique(pair, return_index=True)  # the first row of each pair
     rows = ok[np.sort(first)]
@@ -344,6 +360,10 @@ def user_negatives(
     report = {
         "used": {k: int(used[c]) for c, k in enumerate(kind_names)},
         "users": int((counts > 0).sum()),
-        "ignored": {"unknown_item": int(unknown_item.sum()), "unknown_user": int(unknown_user.sum())},
+        "ignored": {
+            "unknown_item": int(unknown_item.sum()),
+            "unknown_user": int(unknown_user.sum()),
+            "superseded": int(superseded.sum()),
+        },
     }
     return UserNegatives(offsets, items[order], report)

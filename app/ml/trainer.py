@@ -193,7 +193,6 @@ class Trainer:
         self.bf16_logits = device.type == "cpu" and use_bf16(config, device)
         use_negatives = negatives is not None and len(negatives) > 0 and config.negative_weight > 0
         self.negatives: UserNegatives | None = negatives if use_negatives else None
-        self.negative_pairs = 0  # (window, negative) pairs the last epochs compared
 
     def _loss(
         self,
@@ -282,7 +281,6 @@ class Trainer:
         if rows.shape[0] == 0:
             return None
         scale = (1.0 / np.bincount(rows, minlength=len(idx))[rows]).astype(np.float32)  # [K]
-        self.negative_pairs += int(rows.shape[0])
 
         def put(a: np.ndarray) -> Tensor:
             return torch.from_numpy(a).to(self.device, non_blocking=True)

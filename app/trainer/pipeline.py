@@ -208,7 +208,6 @@ def read_training_data(
     cleaned, report = clean_log(
         builder.build(), replace(rules or CleaningRules(), type_weights=dict(event_weights))
     )
-    log.info("%s (%.1f s)", format_report(report), report["seconds"])
     parts = [Negatives(neg_users, neg_items, neg_kinds, np.asarray(neg_times, dtype=np.float64))]
     if impression_window_s is not None:
         parts.append(read_unclicked_impressions(session, impression_window_s, chunk_size=chunk_size))
@@ -218,6 +217,7 @@ def read_training_data(
         "impression_window_s": impression_window_s,
         "read": negatives.counts(),
     }
+    log.info("%s (%.1f s)", format_report(report), report["seconds"])
     items = {record.item_id: record for record in iter_item_records(session)}
     skipped = dict(report["dropped"]["types"]["by_type"])
     return TrainingData(cleaned, items, newest, skipped, time.perf_counter() - started, report, negatives)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.tables import Impression
 from app.events.service import load_events
+from app.ml.cleaning import format_report
 from app.ml.config import ModelConfig, TrainConfig
 from app.ml.data import IMPRESSION_KIND, InteractionLog, Negatives, leave_one_out_split, user_negatives
 from app.ml.scoring import user_queries
@@ -181,7 +182,7 @@ def test_user_negatives_maps_dedupes_and_reports() -> None:
     )
     out = user_negatives(split, negatives, log.items)
     assert out.report["used"] == {IMPRESSION_KIND: 2, "not_interested": 1}  # u0/i1 once, as not_interested
-    assert out.report["ignored"] == {"unknown_item": 1, "unknown_user": 1}
+    assert out.report["ignored"] == {"unknown_item": 1, "unknown_user": 1, "superseded": 0}
     u0, u1 = split.user_ids.index("u0"), split.user_ids.index("u1")
     assert [split.item_ids[c] for c in out.items[out.offsets[u0] : out.offsets[u0 + 1]]] == ["i1"]
     assert [split.item_ids[c] for c in out.items[out.offsets[u1] : out.offsets[u1 + 1]]] == ["i2"]
@@ -194,6 +195,17 @@ def test_user_negatives_maps_dedupes_and_reports() -> None:
         max_per_user=2,
     )
     assert sorted(split.item_ids[c] for c in capped.items) == ["i2", "i3"]  # the latest two
+    # u3's chain starts somewhere: a negative before a positive of theirs on the same item is superseded,
+    # one after it is kept (they saw it, then said no).
+    u3 = split.user_ids.index("u3")
+    first = split.item_ids[int(split.sequence(u3)[0][0])]
+    t_first = float(split.times[split.offsets[u3]])  # type: ignore[index]
+    later = user_negatives(
+        split,
+        Negatives(["u3", "u3"], [first, first], ["not_interested"] * 2, np.array([t_first - 1, t_first + 1])),
+        log.items,
+    )
+    assert later.report["ignored"]["superseded"] == 1 and later.report["used"] == {"not_interested": 1}
 
 
 # (c) The store read: negatives apart from positives.
@@ -292,6 +304,9 @@ def test_impressions_without_a_click_are_negatives_only_when_enabled(
     assert shown == {("u0", "p"), ("u0", "r"), ("u0", "s"), ("u1", "p")}
     assert on.cleaning is not None
     assert on.cleaning["negatives"]["read"] == {"not_interested": 2, IMPRESSION_KIND: 4}
+    assert format_report(on.cleaning).endswith(
+        f"; explicit negatives read: {IMPRESSION_KIND} 4, not_interested 2"
+    )
     assert {"p", "q", "r", "s"} & set(on.log.items) == {"q", "r", "s"}  # the clicks stay positives
 
 
