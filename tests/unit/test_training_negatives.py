@@ -178,7 +178,7 @@ def test_user_negatives_maps_dedupes_and_reports() -> None:
             "not_interested",
             IMPRESSION_KIND,
         ],
-        np.arange(6, dtype=np.float64),
+        2e6 + np.arange(6, dtype=np.float64),  # after every positive: none is superseded
     )
     out = user_negatives(split, negatives, log.items)
     assert out.report["used"] == {IMPRESSION_KIND: 2, "not_interested": 1}  # u0/i1 once, as not_interested
@@ -189,7 +189,7 @@ def test_user_negatives_maps_dedupes_and_reports() -> None:
     capped = user_negatives(
         split,
         Negatives(
-            ["u0"] * 4, ["i1", "i2", "i3", "i4"], ["not_interested"] * 4, np.array([1.0, 4.0, 3.0, 2.0])
+            ["u0"] * 4, ["i1", "i2", "i3", "i4"], ["not_interested"] * 4, 2e6 + np.array([1.0, 4.0, 3.0, 2.0])
         ),
         log.items,
         max_per_user=2,
