@@ -66,7 +66,9 @@ def _raise(session: Session) -> int:
 
 def read_fence(engine: Engine) -> int:
     """The fence value in the database (0 when never raised)."""
-    value = read(engine, lambda conn: conn.execute(select(CacheFence.value).where(CacheFence.id == 1)).scalar())
+    value = read(
+        engine, lambda conn: conn.execute(select(CacheFence.value).where(CacheFence.id == 1)).scalar()
+    )
     return int(value or 0)
 
 
@@ -79,7 +81,9 @@ class Fence:
         self.cache = cache
         self.lease_s = lease_s
         self.value = 0
-        self.db_up: Callable[[], bool] | None = None  # the API's probe: a known-down database is not waited on
+        self.db_up: Callable[[], bool] | None = (
+            None  # the API's probe: a known-down database is not waited on
+        )
         self.raised = 0  # missed writes made up for by this process
         self._checked = float("-inf")  # monotonic start of the latest successful read
         self._lock = threading.Lock()
@@ -116,7 +120,9 @@ class Fence:
         if self.fresh():
             return True
         if self.db_up is not None and not self.db_up():
-            return False  # known down (app/db/engine.DatabaseProbe): don't spend a connect timeout finding out
+            return (
+                False  # known down (app/db/engine.DatabaseProbe): don't spend a connect timeout finding out
+            )
         return await run_in_threadpool(self.refresh)
 
     # ---- writers --------------------------------------------------------------------------------------------
@@ -148,7 +154,9 @@ class Fence:
                 with self._lock:
                     self.value = max(self.value, value)
                     self.cache.fence = self.value
-                log.warning("cache write missed: fence raised to %d; acknowledging in %.2f s", value, self.lease_s)
+                log.warning(
+                    "cache write missed: fence raised to %d; acknowledging in %.2f s", value, self.lease_s
+                )
         ack_after = commit + self.lease_s
         holder = _ACK_AFTER.get()
         if holder is not None:

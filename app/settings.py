@@ -247,6 +247,29 @@ class Settings(BaseSettings):
         "(0: always read them from the database)",
     )
 
+    negative_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["not_interested"],
+        description="event types that say 'not for me' (comma separated): accepted, the item is removed from "
+        "that user's answers at once, and training uses them as negatives",
+    )
+    rules_pool: int = Field(
+        default=100,
+        ge=10,
+        le=5000,
+        description="candidates fetched (at least 4 k) before business rules (boosts, promotions, diversity, "
+        "rotation) re-rank them",
+    )
+    placement_poll_seconds: float = Field(
+        default=2.0, ge=0, description="how often serving re-reads placements and experiments (0: never)"
+    )
+
+    @field_validator("negative_types", mode="before")
+    @classmethod
+    def _split_negative_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator(
         "clean_bot_events_per_minute",
         "clean_repeat_window_s",

@@ -6,26 +6,31 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import errors
 from app.api.metrics import Metrics, MetricsMiddleware, TrainingJobs, cache_gauges
-from app.api.routes import admin, events, items, ops, recommendations, users
+from app.api.routes import admin, events, items, merch, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
 from app.catalog.schemas import ItemBatchIn
-from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker
+from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, read
 from app.db.migrate import upgrade
+from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
 from app.fence import AckAfterFence, Fence
 from app.index import IndexConfig
+from app.rules.book import PlacementBook
+from app.rules.spec import RotationIn
 from app.serving.polling import Poller
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender, ServingLimits
@@ -63,7 +68,13 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         explain_top=settings.explain_top,
         history_read=settings.history_len,
         history_seconds=settings.history_cache_seconds,
+        negative_types=frozenset(settings.negative_types),
+        rules_pool=settings.rules_pool,
     )
+    book = PlacementBook(sessions, settings.placement_poll_seconds)
+    book.pinned_versions = registry.set_pinned
+    recommender = Recommender(registry, popular, read_engine, cache, limits)
+    recommender.rotation = rotation_reader(read_engine)
     fence = Fence(read_engine, sessions, cache, settings.cache_fence_lease_s)
     state = AppState(
         settings=settings,
@@ -77,13 +88,24 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         registry=registry,
         popular=popular,
         read_engine=read_engine,
-        recommender=Recommender(registry, popular, read_engine, cache, limits),
+        recommender=recommender,
+        book=book,
         fence=fence,
         db_probe=DatabaseProbe(engine),
         training=training,
     )
     state.fence.db_up = lambda: state.db_probe.up
     return state
+
+
+def rotation_reader(engine: Engine) -> Callable[[str, RotationIn], list[str]]:
+    """Items shown to a user often lately (the impressions table), for placements with rotation."""
+
+    def shown(user_id: str, rotation: RotationIn) -> list[str]:
+        since = datetime.now(UTC) - timedelta(seconds=rotation.window_s)
+        return read(engine, lambda conn: shown_often(conn, user_id, since, rotation.after))
+
+    return shown
 
 
 def model_gauges(registry: ModelRegistry) -> Callable[[], Iterator[GaugeMetricFamily]]:
@@ -128,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics_poller.start()
             await run_in_threadpool(state.fence.refresh)
             fence_poller.start()
+            await run_in_threadpool(state.book.start)  # before the registry: it loads pinned versions too
             await run_in_threadpool(state.registry.start)
             try:
                 await run_in_threadpool(state.popular.poll)
@@ -141,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fence_poller.stop()
             popular_poller.stop()
             state.registry.stop()
+            state.book.stop()
             await state.cache.aclose()
             state.cache.close()
             state.engine.dispose()
@@ -156,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
-    for module in (ops, events, items, users, recommendations, admin):
+    for module in (ops, events, items, users, recommendations, admin, merch):
         app.include_router(module.router)
     app.add_middleware(AckAfterFence)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

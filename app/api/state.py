@@ -12,6 +12,7 @@ from app.auth.keys import KeyVerifier
 from app.cache import Cache
 from app.db.engine import DatabaseProbe
 from app.fence import Fence
+from app.rules.book import PlacementBook
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender
 from app.serving.registry import ModelRegistry
@@ -35,3 +36,4 @@ class AppState:
     fence: Fence  # the cache fence (app/fence.py): when cached answers may be trusted
     db_probe: DatabaseProbe  # whether the database answers, known without waiting on it
     training: TrainingJobs  # training-job metrics, refreshed in the background
+    book: PlacementBook  # placements and experiments in force (app/rules/book.py)

@@ -77,7 +77,9 @@ class Cache(Protocol):
 
     name: str
     stats: CacheStats
-    fence: int  # the database fence this process knows (app/fence.py): lookups bump the epoch past older copies
+    fence: (
+        int  # the database fence this process knows (app/fence.py): lookups bump the epoch past older copies
+    )
     on_missed_write: Callable[[], None] | None  # called when a write fails; may raise (the change is unacked)
 
     def get(self, key: str) -> bytes | None: ...

@@ -121,7 +121,9 @@ class RedisCache:
         # Put before every key this process sends (RECO_REDIS_PREFIX): services, or test runs, sharing one
         # Redis database never see each other's keys.
         self.prefix = prefix
-        self.fence = 0  # the database fence this process knows (app/fence.py); lookups make the cache's current
+        self.fence = (
+            0  # the database fence this process knows (app/fence.py); lookups make the cache's current
+        )
         self.on_missed_write: Callable[[], None] | None = None  # told when a write fails (may raise)
         # One immediate retry on a connection error, none on a timeout: a pooled connection that a blip broke is
         # replaced at once (else each broken one would open the breaker again), and a hung server costs one
@@ -240,7 +242,11 @@ class RedisCache:
         return self._call("incr", run, False, write=True)
 
     def _lookup_args(self, user_id: str, answer_key: str, history_count: int) -> dict[str, Any]:
-        argv: list[bytes | str | int] = [self._k(keys.user_history_prefix(user_id)), history_count, self.fence]
+        argv: list[bytes | str | int] = [
+            self._k(keys.user_history_prefix(user_id)),
+            history_count,
+            self.fence,
+        ]
         script_keys = [keys.user_generation(user_id), keys.EPOCH, answer_key, keys.FENCE]
         return {"keys": [self._k(k) for k in script_keys], "args": argv}
 
@@ -264,7 +270,11 @@ class RedisCache:
         return self._lookup_result(reply)
 
     def _store_args(self, user_id: str, looked: UserLookup, answer: UserAnswer) -> dict[str, Any]:
-        argv: list[bytes | str | int] = [self._k(keys.user_history_prefix(user_id)), looked.generation, looked.epoch]
+        argv: list[bytes | str | int] = [
+            self._k(keys.user_history_prefix(user_id)),
+            looked.generation,
+            looked.epoch,
+        ]
         argv += [answer.body, answer.ttl_seconds, answer.history_ttl_seconds]
         if answer.history is not None and answer.history_ttl_seconds > 0:
             argv += [*answer.history, b""]
@@ -301,7 +311,9 @@ class RedisCache:
         """The epoch, after making the cache's fence current (0 when Redis is unusable)."""
         script_keys = [self._k(keys.EPOCH), self._k(keys.EPOCH), self._k(keys.FENCE)]
         args = [self.fence]
-        return int(self._call("epoch", lambda c: self._epoch_script(keys=script_keys, args=args, client=c), 0))
+        return int(
+            self._call("epoch", lambda c: self._epoch_script(keys=script_keys, args=args, client=c), 0)
+        )
 
     def _k(self, key: str) -> str:
         return self.prefix + key

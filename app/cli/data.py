@@ -25,6 +25,7 @@ from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.db.tables import Event
 from app.events.repository import max_event_id
+from app.events.service import accepted_types as service_types
 from app.events.service import load_events
 from app.fence import Fence
 from app.registry import jobs
@@ -140,7 +141,7 @@ def cmd_import_events(args: argparse.Namespace) -> int:
     try:
         for chunk in read_events(
             args.file,
-            event_types=frozenset(settings.event_weights),
+            event_types=service_types(settings.event_weights, settings.negative_types),
             max_future=timedelta(seconds=settings.max_future_seconds),
             chunk_size=settings.max_batch,
             max_errors=args.max_errors,

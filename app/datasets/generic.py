@@ -245,11 +245,14 @@ def iter_rows(
                 f"expected {len(columns)} {name}-separated fields ({delimiter.join(columns)}), found {len(cells)}",
             )
             continue
-        yield number, {
-            name: value
-            for name, value in zip(columns, cells, strict=True)
-            if value.strip() and name in known  # the columns warned about above are ignored, not refused
-        }
+        yield (
+            number,
+            {
+                name: value
+                for name, value in zip(columns, cells, strict=True)
+                if value.strip() and name in known  # the columns warned about above are ignored, not refused
+            },
+        )
 
 
 def _split(text: str, delimiter: str) -> list[str]:

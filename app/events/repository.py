@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import Connection, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.db.tables import Event
+from app.db.tables import Event, Impression
 from app.records import EventRecord, as_utc
 
 
@@ -24,6 +26,20 @@ class NewEvent:
     type: str
     value: float | None
     ts: datetime
+    recommendation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewImpression:
+    """Items one answer showed, as the client reported them (position 1 first)."""
+
+    recommendation_id: str
+    user_id: str
+    items: tuple[str, ...]
+    ts: datetime
+    placement: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
 
 
 # One statement, one round trip: the rows travel as one JSON document (parsed in C on the server, where
@@ -39,9 +55,9 @@ _PG_INSERT_BATCH = text(
     " SELECT i, '[]', '[]', true, false, '{}', now(), now() FROM json_array_elements_text(CAST(:items AS json)) AS i"
     " ON CONFLICT (item_id) DO NOTHING"
     ") "
-    "INSERT INTO events (event_id, user_id, item_id, type, value, ts) "
-    "SELECT e, u, i, t, v, ts FROM json_to_recordset(CAST(:events AS json)) "
-    "AS x(e text, u text, i text, t text, v float8, ts timestamptz) "
+    "INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id) "
+    "SELECT e, u, i, t, v, ts, r FROM json_to_recordset(CAST(:events AS json)) "
+    "AS x(e text, u text, i text, t text, v float8, ts timestamptz, r text) "
     "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
 )
 
@@ -59,7 +75,15 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
     items = sorted({e.item_id for e in events})
     if session.get_bind().dialect.name == "postgresql":
         rows = [
-            {"e": e.event_id, "u": e.user_id, "i": e.item_id, "t": e.type, "v": e.value, "ts": as_utc(e.ts)}
+            {
+                "e": e.event_id,
+                "u": e.user_id,
+                "i": e.item_id,
+                "t": e.type,
+                "v": e.value,
+                "ts": as_utc(e.ts),
+                "r": e.recommendation_id,
+            }
             for e in events
         ]  # json_to_recordset keeps the array's order: row ids follow the batch order
         result = session.execute(
@@ -84,11 +108,51 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
         [(i, now, now) for i in items],
     )
     cursor = conn.exec_driver_sql(
-        "INSERT INTO events (event_id, user_id, item_id, type, value, ts) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        [(e.event_id, e.user_id, e.item_id, e.type, e.value, _sqlite_ts(e.ts)) for e in events],
+        "INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+        [
+            (e.event_id, e.user_id, e.item_id, e.type, e.value, _sqlite_ts(e.ts), e.recommendation_id)
+            for e in events
+        ],
     )
     return int(cursor.rowcount)
+
+
+def insert_impressions(session: Session, impressions: Sequence[NewImpression]) -> tuple[int, int]:
+    """Store each reported impression once per (recommendation_id, item): returns (reports that stored at
+    least one new row, reports that were all already stored)."""
+    if not impressions:
+        return 0, 0
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stored = repeated = 0
+    for imp in impressions:
+        rows = [
+            {
+                "recommendation_id": imp.recommendation_id,
+                "user_id": imp.user_id,
+                "item_id": item_id,
+                "position": position,
+                "placement": imp.placement,
+                "experiment": imp.experiment,
+                "variant": imp.variant,
+                "ts": as_utc(imp.ts),
+            }
+            for position, item_id in enumerate(dict.fromkeys(imp.items), start=1)
+        ]
+        stmt = (
+            insert(Impression)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["recommendation_id", "item_id"])
+            .returning(
+                Impression.id
+            )  # rowcount is -1 for a multi-row insert on psycopg: count what came back
+        )
+        if session.execute(stmt).all():
+            stored += 1
+        else:
+            repeated += 1
+    return stored, repeated
 
 
 def recent_events(session: Session, user_id: str, limit: int) -> list[EventRecord]:
@@ -133,7 +197,8 @@ def count_for_user(session: Session, user_id: str) -> int:
 
 
 def delete_for_user(session: Session, user_id: str) -> int:
-    """Erase every event of a user; returns how many."""
+    """Erase every event and impression of a user; returns how many events."""
+    session.execute(delete(Impression).where(Impression.user_id == user_id))
     result = session.execute(delete(Event).where(Event.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
@@ -158,3 +223,28 @@ def iter_interactions(
 def max_event_id(session: Session) -> int:
     """The newest event's row id (0 when empty)."""
     return int(session.scalar(select(func.max(Event.id))) or 0)
+
+
+_ROTATED = text(
+    "SELECT item_id FROM impressions WHERE user_id = :user_id AND ts >= :since "
+    "GROUP BY item_id HAVING count(*) >= :after"
+)
+
+
+def shown_often(conn: Connection, user_id: str, since: datetime, after: int) -> list[str]:
+    """Items shown to the user `after` times or more since `since` (one indexed query: rotation)."""
+    ts: datetime | str = as_utc(since)
+    if conn.dialect.name == "sqlite":
+        ts = _sqlite_ts(since)
+    return [r[0] for r in conn.execute(_ROTATED, {"user_id": user_id, "since": ts, "after": after})]
+
+
+_BEFORE = text(
+    "SELECT item_id, type FROM events WHERE user_id = :user_id AND ts < :ts ORDER BY ts DESC, id DESC LIMIT :limit"
+)
+
+
+def history_before(conn: Connection, user_id: str, ts: datetime, limit: int) -> list[tuple[str, str]]:
+    """(item_id, type) of the user's latest `limit` events before `ts`, newest first (offline replay)."""
+    at: datetime | str = _sqlite_ts(ts) if conn.dialect.name == "sqlite" else as_utc(ts)
+    return [(r[0], r[1]) for r in conn.execute(_BEFORE, {"user_id": user_id, "ts": at, "limit": limit})]

@@ -18,6 +18,10 @@ Identifier = Annotated[
 ]
 
 
+MAX_IMPRESSION_ITEMS = 500  # an answer holds at most MAX_K (500) items
+IMPRESSION = "impression"  # items shown in an answer: stored in the impressions table, not as events
+
+
 class EventIn(BaseModel):
     """One interaction as a client sends it."""
 
@@ -41,12 +45,24 @@ class EventIn(BaseModel):
         default=None, description="idempotency key: stored once however often sent"
     )
     user_id: Identifier
-    item_id: Identifier
+    item_id: Identifier | None = Field(
+        default=None, description="the item acted on; required for every type but `impression`"
+    )
     type: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=NO_NUL)
     ] = Field(description="view, click, add_to_cart, purchase, rating, or a type added in configuration")
     value: float | None = Field(default=None, allow_inf_nan=False, description="rating value, quantity, ...")
     timestamp: datetime | None = Field(default=None, description="ISO 8601; defaults to the time of receipt")
+    recommendation_id: Identifier | None = Field(
+        default=None,
+        description="the answer this event came from (its `recommendation_id`): attributes clicks and purchases "
+        "to it; required for `impression`",
+    )
+    items: list[Identifier] | None = Field(
+        default=None,
+        max_length=MAX_IMPRESSION_ITEMS,
+        description="`impression` only: the items shown, in the order shown (position 1 first)",
+    )
 
     @field_validator("timestamp")
     @classmethod

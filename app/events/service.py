@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,9 +14,10 @@ from app.cache import Cache
 from app.cache import keys as cache_keys
 from app.db.engine import run_transaction
 from app.events import repository
-from app.events.repository import NewEvent
-from app.events.schemas import EventIn, Rejection
+from app.events.repository import NewEvent, NewImpression
+from app.events.schemas import IMPRESSION, EventIn, Rejection
 from app.records import EventRecord, as_utc
+from app.serving.recid import origin_of
 from app.validation import describe, dotted
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,6 +30,17 @@ class Validated:
     events: list[NewEvent] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     in_batch_duplicates: int = 0
+    impressions: list[NewImpression] = field(default_factory=list)
+
+    @property
+    def valid(self) -> int:
+        """Events and impression reports to store."""
+        return len(self.events) + len(self.impressions)
+
+
+def accepted_types(event_weights: Mapping[str, float], negative_types: Iterable[str]) -> frozenset[str]:
+    """Every event type ingestion accepts: the weighted ones, the negative ones and `impression`."""
+    return frozenset(event_weights) | frozenset(negative_types) | {IMPRESSION}
 
 
 def validate_events(
@@ -57,6 +69,11 @@ def validate_events(
                 )
             )
             continue
+        problem = _shape_problem(event)
+        if problem is not None:
+            name, msg = problem
+            out.rejected.append(Rejection(index=index, error=f"{name}: {msg}", loc=[*prefix, name]))
+            continue
         if event.type not in event_types:
             out.rejected.append(
                 Rejection(
@@ -82,15 +99,72 @@ def validate_events(
                 out.in_batch_duplicates += 1
                 continue
             seen_ids.add(event.event_id)
-        out.events.append(NewEvent(event.event_id, event.user_id, event.item_id, event.type, event.value, ts))
+        if event.type == IMPRESSION:
+            assert event.recommendation_id is not None  # _shape_problem checked
+            shown = tuple(event.items) if event.items else (str(event.item_id),)
+            origin = origin_of(event.recommendation_id)
+            out.impressions.append(
+                NewImpression(
+                    event.recommendation_id,
+                    event.user_id,
+                    shown,
+                    ts,
+                    origin.placement,
+                    origin.experiment,
+                    origin.variant,
+                )
+            )
+            continue
+        assert event.item_id is not None  # _shape_problem checked
+        out.events.append(
+            NewEvent(
+                event.event_id,
+                event.user_id,
+                event.item_id,
+                event.type,
+                event.value,
+                ts,
+                event.recommendation_id,
+            )
+        )
     return out
 
 
-def store(session: Session, batch: Validated) -> tuple[int, int]:
-    """Insert the valid events; returns (accepted, duplicates). The caller commits."""
+def _shape_problem(event: EventIn) -> tuple[str, str] | None:
+    """(field, what to change) when the fields do not suit the event's type."""
+    if event.type == IMPRESSION:
+        if event.recommendation_id is None:
+            return "recommendation_id", "an impression needs the recommendation_id of the answer it showed"
+        if not event.items and event.item_id is None:
+            return "items", "an impression lists the items shown (or names one as item_id)"
+        if event.items and event.item_id is not None and event.item_id not in event.items:
+            return "item_id", "leave item_id out of an impression that lists items (or list it among them)"
+        return None
+    if event.item_id is None:
+        return "item_id", f"is required for a {event.type!r} event (only an impression lists items instead)"
+    if event.items is not None:
+        return "items", f"only an impression lists items; a {event.type!r} event names one item_id"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What one batch stored: accepted and duplicate counts (impression reports included), and how many of
+    the batch's events (impressions left out) were new rows."""
+
+    accepted: int
+    duplicates: int
+    events_stored: int
+
+
+def store(session: Session, batch: Validated) -> Stored:
+    """Insert the valid events and impressions. The caller commits.
+
+    An impression report counts as one accepted event when it stored a new row, else as one duplicate."""
     stored = repository.insert_batch(session, batch.events)
-    duplicates = batch.in_batch_duplicates + (len(batch.events) - stored)
-    return stored, duplicates
+    shown, repeated = repository.insert_impressions(session, batch.impressions)
+    duplicates = batch.in_batch_duplicates + (len(batch.events) - stored) + repeated
+    return Stored(stored + shown, duplicates, stored)
 
 
 def history_entry_of(item_id: str, event_type: str, ts: datetime) -> bytes:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog.repository import iter_item_records, latest_item_change
 from app.records import ItemRecord
+from app.rules.table import ItemTable
 
 # Rows changed this long before the watermark are read again: a transaction may commit after a later one
 # whose rows we already saw (its `updated_at` was taken before), and clocks of API processes differ a little.
@@ -49,6 +50,10 @@ class CatalogView:
         self.watermark: datetime | None = None
         self.loaded = False
         self.revision = 0  # bumped by every `apply`: memoised lookups keyed by it never go stale
+        # Every item's fields, columnar, for filter expressions (app/rules): row_of[item_id] is its row there.
+        # Rows are append-only; the table is replaced (copy-on-write) by every `apply`.
+        self.row_of: dict[str, int] = {}
+        self.table = ItemTable.empty()
 
     def is_blocked(self, item_id: str) -> bool:
         """True when the item is unavailable or deleted."""
@@ -61,8 +66,13 @@ class CatalogView:
     def apply(self, records: Iterable[ItemRecord]) -> list[tuple[ItemRecord, tuple[str, ...]]]:
         """Record new states; returns each record with the categories the item had before."""
         out = []
+        rows: list[tuple[int, ItemRecord]] = []
         with self._lock:
             for record in records:
+                row = self.row_of.get(record.item_id)
+                if row is None:
+                    row = self.row_of[record.item_id] = len(self.row_of)
+                rows.append((row, record))
                 before = self._categories.get(record.item_id, ())
                 if record.available:
                     self._blocked.discard(record.item_id)
@@ -73,6 +83,8 @@ class CatalogView:
                 else:
                     self._categories.pop(record.item_id, None)
                 out.append((record, before))
+            if rows:
+                self.table = self.table.with_records(rows)
             self.revision += 1
         return out
 

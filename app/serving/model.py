@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,9 @@ class ServingModel:
     category_rows: dict[str, np.ndarray]  # category -> sorted int64 rows
     trained_rows: int  # rows below this come from training; above, from `embed_items`
     hidden_rows: np.ndarray  # int64 [h]: the rows `allowed` leaves out
+    # int64 [n_rows]: each row's row in the catalog's field table (app/rules/table.py), -1 when the catalog
+    # has not named the item; filter masks over the catalog are gathered through it onto the index rows.
+    catalog_rows: np.ndarray = field(default_factory=lambda: _EMPTY_ROWS)
 
     @classmethod
     def create(cls, loaded: LoadedModel, index: ItemIndex) -> ServingModel:
@@ -51,6 +54,7 @@ class ServingModel:
             category_rows={},
             trained_rows=n,
             hidden_rows=_EMPTY_ROWS,
+            catalog_rows=np.full(n, -1, dtype=np.int64),
         )
 
     def row(self, item_id: str) -> int | None:
@@ -73,19 +77,36 @@ class ServingModel:
         return mask
 
     def search(
-        self, queries: np.ndarray, k: int, *, exclude: np.ndarray, category: str | None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: np.ndarray,
+        category: str | None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k eligible rows for queries [Q, D]: (scores [Q, k], rows [Q, k]) padded with -inf / -1."""
+        """Top-k eligible rows for queries [Q, D]: (scores [Q, k], rows [Q, k]) padded with -inf / -1.
+
+        `allowed` (bool [n_rows], e.g. a filter expression's mask with `self.allowed` already folded in)
+        restricts the rows further."""
+        if allowed is not None:
+            mask = allowed if category is None else allowed & self.allowed_in(category)
+            return self.index.search(queries, k, exclude=exclude, allowed=mask)
         if category is None and self.index.ntotal == self.n_rows:
             # No mask to copy and pack per request: hidden rows (usually few) join the exclusions instead.
             excluded = np.concatenate([exclude, self.hidden_rows]) if self.hidden_rows.size else exclude
             return self.index.search(queries, k, exclude=excluded)
         return self.index.search(queries, k, exclude=exclude, allowed=self.allowed_in(category))
 
-    def with_items(self, changes: Sequence[tuple[ItemRecord, tuple[str, ...]]]) -> ServingModel:
+    def with_items(
+        self,
+        changes: Sequence[tuple[ItemRecord, tuple[str, ...]]],
+        catalog_row_of: Mapping[str, int] | None = None,
+    ) -> ServingModel:
         """A new snapshot with catalog changes applied: (record, categories before) pairs.
 
         Items the model has never seen are embedded from their features and appended to the index.
+        `catalog_row_of` (item id -> row of the catalog's field table) fills `catalog_rows`.
         """
         if not changes:
             return self
@@ -129,6 +150,18 @@ class ServingModel:
             else:
                 category_rows.pop(cat, None)
         hidden_rows = np.flatnonzero(~allowed).astype(np.int64)  # [h]
+        catalog_rows = np.full(n_rows, -1, dtype=np.int64)  # [n_rows]
+        catalog_rows[: self.catalog_rows.size] = self.catalog_rows
+        if catalog_row_of is not None:
+            for record, _ in changes:
+                at = catalog_row_of.get(record.item_id)
+                if at is not None:
+                    catalog_rows[self.row_of[record.item_id]] = at
         return replace(
-            self, n_rows=n_rows, allowed=allowed, category_rows=category_rows, hidden_rows=hidden_rows
+            self,
+            n_rows=n_rows,
+            allowed=allowed,
+            category_rows=category_rows,
+            hidden_rows=hidden_rows,
+            catalog_rows=catalog_rows,
         )

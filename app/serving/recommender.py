@@ -7,7 +7,7 @@ one, else the one the user's recent items share most) -> popular overall. `strat
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +21,16 @@ from app.cache.base import UserAnswer, UserLookup
 from app.db.engine import read
 from app.events.repository import latest_history
 from app.events.service import history_entry_of
+from app.rules.masks import MaskMemo
+from app.rules.spec import RotationIn, Rules
 from app.serving.model import ServingModel
 from app.serving.popular import Pick, PopularTracker
 from app.serving.registry import ModelRegistry
+from app.serving.ruled import CatalogSpace, ModelSpace, apply_rules, finite, promotion_pools_needed
 
 PERSONALIZED = "personalized"
+SESSION = "session"
+SESSION_EVENTS = 5  # the "session" strategy reads only the user's latest events (short-term intent)
 POPULAR = "popular"
 POPULAR_CATEGORY = "popular_category"
 SIMILAR = "similar"
@@ -43,11 +48,18 @@ class RecParams:
     exclude: tuple[str, ...] = ()
     include_seen: bool = False
     explain: bool = False
+    rules: Rules | None = None  # business rules (placement and request), compiled
+    route: str = ""  # the placement/experiment resolution's cache-key part (Resolved.cache_part)
+    model_version: str | None = None  # a variant's pinned version (None: the active one)
+    labels: tuple[tuple[str, str], ...] = ()  # placement, experiment, variant: copied into the answer
 
     def cache_part(self) -> str:
         """A canonical text of the parameters for the cache key."""
         excluded = ",".join(sorted(set(self.exclude)))
-        return f"k={self.k}|c={self.category or ''}|x={excluded}|s={int(self.include_seen)}|e={int(self.explain)}"
+        text = f"k={self.k}|c={self.category or ''}|x={excluded}|s={int(self.include_seen)}|e={int(self.explain)}"
+        if self.rules is not None or self.route:
+            text += f"|r={self.rules.digest if self.rules else ''}|{self.route}"
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,10 @@ class ServingLimits:
     explain_top: int = 2
     history_read: int = 200  # latest events read per answer: max(history_len, seen_limit)
     history_seconds: int = 3600  # how long the cache keeps a user's latest-events list (0: never)
+    negative_types: frozenset[str] = frozenset(
+        {"not_interested"}
+    )  # never history; the item never shown again
+    rules_pool: int = 100  # candidates re-ranked by business rules
 
 
 def _dumps(body: dict[str, Any]) -> bytes:
@@ -90,6 +106,9 @@ class Recommender:
         self.engine = engine
         self.cache = cache
         self.limits = limits
+        self.masks = MaskMemo()  # filter masks, memoised per catalog revision and model snapshot
+        # user id, rotation settings -> items shown often lately without a click (read from the store)
+        self.rotation: Callable[[str, RotationIn], list[str]] | None = None
 
     # ---- users ----------------------------------------------------------------------------------------------
 
@@ -130,19 +149,24 @@ class Recommender:
         (read here when not given); with what `store_user` keeps (the events too when they came from the
         store)."""
         self.registry.ensure_epoch(looked.epoch)
-        model = self.registry.current  # one snapshot for the whole answer
+        model = self._model(params)  # one snapshot for the whole answer
         if looked.history is not None:
             latest = [p for p in map(cache_keys.parse_history_entry, looked.history) if p is not None]
             entries = None
         else:
             stored = stored or self.read_history(user_id)
             latest, entries = stored.events, stored.entries
-        history = latest[: self.limits.history_len][::-1]  # oldest first
+        negative = self.limits.negative_types
+        refused = {item_id for item_id, kind in latest if kind in negative}
+        history = [e for e in latest[: self.limits.history_len] if e[1] not in negative][::-1]  # oldest first
         seen = {item_id for item_id, _ in latest}
-        body = self._recommend(model, history, seen, params)
+        demoted: list[str] = []
+        if params.rules is not None and params.rules.rotation is not None and self.rotation is not None:
+            demoted = [i for i in self.rotation(user_id, params.rules.rotation) if i not in seen]
+        body = self._recommend(model, history, seen, params, refused, demoted)
         return UserAnswer(
             self.user_key(user_id, params, model),
-            _dumps({"user_id": user_id, **body}),
+            _dumps({"user_id": user_id, **body, **dict(params.labels)}),
             self.limits.cache_ttl_seconds,
             entries,
             self.limits.history_seconds,
@@ -158,15 +182,33 @@ class Recommender:
     def answer_session(self, recent_items: Sequence[str], params: RecParams) -> bytes:
         """An anonymous session's answer from the items it just saw (oldest first); not cached."""
         self.registry.ensure_epoch(self.epoch())
-        model = self.registry.current
+        model = self._model(params)
         history = [(item_id, "view") for item_id in recent_items[-self.limits.history_len :]]
         body = self._recommend(model, history, set(recent_items), params)
-        return _dumps({"user_id": None, **body})
+        return _dumps({"user_id": None, **body, **dict(params.labels)})
+
+    def _model(self, params: RecParams) -> ServingModel | None:
+        """The snapshot answering: a variant's pinned version when it is loaded, else the active one."""
+        if params.model_version is not None:
+            pinned = self.registry.model_for(params.model_version)
+            if pinned is not None:
+                return pinned
+        return self.registry.current
 
     def _recommend(
-        self, model: ServingModel | None, history: History, seen: set[str], params: RecParams
+        self,
+        model: ServingModel | None,
+        history: History,
+        seen: set[str],
+        params: RecParams,
+        refused: set[str] | None = None,
+        demoted: Sequence[str] = (),
     ) -> dict[str, Any]:
         excluded = set(params.exclude) if params.include_seen else seen | set(params.exclude)
+        if refused:
+            excluded |= refused  # "not interested": never again for this user, include_seen or not
+        if params.rules is not None:
+            return self._ruled(model, history, excluded, params, params.rules, demoted)
         version = model.version if model else None
         if model is not None and history:
             items = self._personalized(model, history, excluded, params)
@@ -186,6 +228,194 @@ class Recommender:
             "items": _popular_items(picks, params.explain),
             **_category_note(params.category, picks),
         }
+
+    # ---- business rules -------------------------------------------------------------------------------------
+
+    def _ruled(
+        self,
+        model: ServingModel | None,
+        history: History,
+        excluded: set[str],
+        params: RecParams,
+        rules: Rules,
+        demoted: Sequence[str],
+    ) -> dict[str, Any]:
+        """An answer under business rules: the strategy's candidates, filtered in the search, re-ranked."""
+        version = model.version if model else None
+        strategy = rules.strategy
+        if model is not None and strategy != "popular":
+            query = None
+            if strategy == "similar":
+                seed = next((i for i, _ in reversed(history) if model.row(i) is not None), None)
+                if seed is not None:
+                    query = self._similar_query(model, model.row(seed))  # type: ignore[arg-type]
+                    excluded = excluded | {seed}
+            else:
+                recent = history[-SESSION_EVENTS:] if strategy == "session" else history
+                query = model.loaded.query_vector(recent) if recent else None
+            if query is not None:
+                items = self._ruled_search(model, query, history, excluded, params, rules, demoted)
+                if items:
+                    answered = {"similar": SIMILAR, "session": SESSION}.get(strategy, PERSONALIZED)
+                    return {"model_version": version, "strategy": answered, "items": items}
+        category = params.category or (None if strategy == "popular" else self._favourite_category(history))
+        items, picked = self._ruled_popular(params, rules, excluded, category, demoted)
+        return {
+            "model_version": version,
+            "strategy": POPULAR_CATEGORY if params.category or (category and picked) else POPULAR,
+            "items": items,
+            **_category_note(params.category, items),  # type: ignore[arg-type]
+        }
+
+    def _ruled_search(
+        self,
+        model: ServingModel,
+        query: np.ndarray,
+        history: History,
+        excluded: set[str],
+        params: RecParams,
+        rules: Rules,
+        demoted: Sequence[str],
+    ) -> list[dict[str, Any]]:
+        space = ModelSpace(model, self.registry.catalog.table, self.masks)
+        allowed = space.mask(rules.filter) if rules.filter is not None else None
+        excluded_rows = model.rows(excluded)
+        pool = rules.pool(params.k, self.limits.rules_pool)
+        scores, rows = model.search(
+            query[None], pool, exclude=excluded_rows, category=params.category, allowed=allowed
+        )  # [1, C], [1, C]
+        found = rows[0] >= 0
+        cand_rows, cand_scores = rows[0][found], scores[0][found].astype(np.float64)  # [C], [C]
+        if cand_rows.size == 0:
+            return []
+        pools = []
+        for missing, promo_filter in promotion_pools_needed(space, rules, cand_rows, params.k):
+            if missing == 0:
+                pools.append((np.empty(0, np.int64), np.empty(0)))
+                continue
+            p_scores, p_rows = model.search(
+                query[None],
+                missing,
+                exclude=excluded_rows,
+                category=params.category,
+                allowed=space.mask(promo_filter),
+            )
+            keep = p_rows[0] >= 0
+            pools.append((p_rows[0][keep], p_scores[0][keep].astype(np.float64)))
+        ranked = apply_rules(
+            space,
+            cand_rows,
+            cand_scores,
+            params.k,
+            rules,
+            logits=True,
+            excluded=excluded,
+            blocked=self.registry.catalog.is_blocked,
+            demoted=demoted,
+            promoted_pools=pools,
+        )
+        out_rows: list[int] = ranked.rows.tolist()
+        out_scores = ranked.scores.tolist()
+        if any(
+            not np.isfinite(v) for v in out_scores
+        ):  # pinned items that were no candidate: their own score
+            vecs = model.index.vectors(np.asarray(out_rows, dtype=np.int64))  # [k, d+1]
+            own = (vecs @ query).tolist()
+            out_scores = [v if np.isfinite(v) else own[i] for i, v in enumerate(out_scores)]
+        items: list[dict[str, Any]] = [
+            {"item_id": model.item_ids[r], "score": finite(v)}
+            for r, v in zip(out_rows, out_scores, strict=True)
+        ]
+        if params.explain and items:
+            because = self._explain(model, history, out_rows)
+            for item, named, reasons in zip(items, because, ranked.reasons, strict=True):
+                item["explanation"] = {"because": named, "rules": reasons}
+        return items
+
+    def _ruled_popular(
+        self,
+        params: RecParams,
+        rules: Rules,
+        excluded: set[str],
+        category: str | None,
+        demoted: Sequence[str],
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Popular items under the rules (no model needed); whether the category held any."""
+        catalog = self.registry.catalog
+        space = CatalogSpace(catalog, catalog.table, self.masks)
+        allowed = space.mask(rules.filter) if rules.filter is not None else None
+        unknown = space.unknown_row()
+
+        def skip(item_id: str, mask: np.ndarray | None = allowed) -> bool:
+            if item_id in excluded:
+                return True
+            if mask is None:
+                return False
+            row = space.row(item_id)
+            return not mask[unknown if row is None else row]
+
+        pool = rules.pool(params.k, self.limits.rules_pool)
+        picks = self.popular.top(pool, category=category, skip=skip) if category else []
+        in_category = bool(picks)
+        if params.category is None and len(picks) < pool:
+            taken = {p.item_id for p in picks}
+            picks += self.popular.top(pool - len(picks), skip=lambda i: i in taken or skip(i))
+        if not picks and not rules.pins:
+            return [], in_category
+
+        def rows_of(chosen: Sequence[Pick]) -> tuple[np.ndarray, np.ndarray]:
+            ids = [space.row(p.item_id) for p in chosen]
+            return (
+                np.asarray([unknown if r is None else r for r in ids], dtype=np.int64),
+                np.asarray([p.score for p in chosen], dtype=np.float64),
+            )
+
+        cand_rows, cand_scores = rows_of(picks)
+        by_row = {int(r): p.item_id for r, p in zip(cand_rows.tolist(), picks, strict=True)}
+        pools = []
+        for missing, promo_filter in promotion_pools_needed(space, rules, cand_rows, params.k):
+            extra: list[Pick] = []
+            if missing:
+                mask = space.mask(promo_filter)
+                extra = self.popular.top(missing, category=params.category, skip=_bound(skip, mask))
+            p_rows, p_scores = rows_of(extra)
+            by_row.update({int(r): p.item_id for r, p in zip(p_rows.tolist(), extra, strict=True)})
+            pools.append((p_rows, p_scores))
+        ranked = apply_rules(
+            space,
+            cand_rows,
+            cand_scores,
+            params.k,
+            rules,
+            logits=False,
+            excluded=excluded,
+            blocked=catalog.is_blocked,
+            demoted=demoted,
+            promoted_pools=pools,
+        )
+        items = []
+        names = {
+            row: item_id for row, item_id in ((space.row(i), i) for i, _ in rules.pins) if row is not None
+        }
+        for row, score, reasons in zip(
+            ranked.rows.tolist(), ranked.scores.tolist(), ranked.reasons, strict=True
+        ):
+            item_id = by_row.get(row) or names.get(row)
+            if item_id is None:
+                continue
+            item: dict[str, Any] = {"item_id": item_id, "score": finite(score)}
+            if params.explain:
+                item["explanation"] = {"because": [], "rules": reasons}
+            items.append(item)
+        return items, in_category
+
+    def _similar_query(self, model: ServingModel, row: int) -> np.ndarray:
+        """(v/|v|, 0) of an item's vector: ranks by v'.v, not by popularity bias."""
+        vector = model.index.vectors(np.asarray([row]))[0]  # [d+1]: (v, b)
+        query = np.zeros_like(vector)  # [d+1]
+        norm = float(np.linalg.norm(vector[:-1]))
+        query[:-1] = vector[:-1] / norm if norm > 0 else vector[:-1]
+        return query
 
     def _personalized(
         self, model: ServingModel, history: History, excluded: set[str], params: RecParams
@@ -258,7 +488,18 @@ class Recommender:
             return None
         body: dict[str, Any] = {"item_id": item_id, "model_version": model.version if model else None}
         excluded = {item_id, *params.exclude}
-        if model is not None and row is not None:
+        body.update(params.labels)
+        if params.rules is not None:
+            if model is not None and row is not None:
+                query = self._similar_query(model, row)
+                items = self._ruled_search(model, query, [], excluded, params, params.rules, ())
+                if items:
+                    body.update(strategy=SIMILAR, items=items)
+            if "items" not in body:
+                category = params.category or next(iter(self.registry.catalog.categories(item_id)), None)
+                items, picked = self._ruled_popular(params, params.rules, excluded, category, ())
+                body.update(strategy=POPULAR_CATEGORY if category and picked else POPULAR, items=items)
+        elif model is not None and row is not None:
             vector = model.index.vectors(np.asarray([row]))[0]  # [d+1]: (v, b)
             query = np.zeros_like(vector)  # [d+1]: (v/|v|, 0): rank by v'.v, not by popularity bias
             norm = float(np.linalg.norm(vector[:-1]))
@@ -302,6 +543,11 @@ class Recommender:
                 **_category_note(category, picks),
             }
         )
+
+
+def _bound(skip: Callable[[str, np.ndarray | None], bool], mask: np.ndarray) -> Callable[[str], bool]:
+    """`skip` with its mask fixed."""
+    return lambda item_id: skip(item_id, mask)
 
 
 def _popular_items(picks: list[Pick], explain: bool) -> list[dict[str, Any]]:

@@ -55,6 +55,9 @@ class ModelRegistry:
         self._failed: dict[str, float] = {}
         self._synced_epoch = 0
         self._pollers: list[Poller] = []
+        # Versions an experiment's variants pin, served beside the active one (kept current with the catalog).
+        self.pinned: dict[str, ServingModel] = {}
+        self.wanted_pinned: set[str] = set()
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -88,11 +91,62 @@ class ModelRegistry:
         current = self.current
         return current.version if current else None
 
+    def model_for(self, version: str | None) -> ServingModel | None:
+        """The snapshot serving `version` (None: the active one); None when that version is not loaded."""
+        current = self.current
+        if version is None or (current is not None and current.version == version):
+            return current
+        return self.pinned.get(version)
+
+    def load_detached(self, version: str) -> ServingModel:
+        """A snapshot of `version` with the catalog applied, not served (an offline replay's candidate)."""
+        found = self.model_for(version)
+        if found is not None:
+            return found
+        model = self._build(version)
+        with self._write_lock:
+            with self.sessions() as session:
+                records = list(changed_items(session, None))
+            return model.with_items([(record, ()) for record in records], self.catalog.row_of)
+
+    def set_pinned(self, versions: set[str]) -> None:
+        """Versions to keep loaded beside the active one (the model poller loads them, or drops them)."""
+        self.wanted_pinned = set(versions)
+
+    def _refresh_pinned(self) -> None:
+        for version in list(self.pinned):
+            if version not in self.wanted_pinned:
+                with self._write_lock:
+                    self.pinned.pop(version, None)
+        for version in sorted(self.wanted_pinned - set(self.pinned)):
+            if version == self.version:
+                continue
+            failed_at = self._failed.get(version)
+            if failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_SECONDS:
+                continue
+            try:
+                model = self._build(version)
+                with self._write_lock:
+                    with self.sessions() as session:
+                        records = list(changed_items(session, None))
+                    self.pinned[version] = model.with_items(
+                        [(record, ()) for record in records], self.catalog.row_of
+                    )
+                log.info(
+                    "serving pinned version %s beside %s (an experiment's variant)", version, self.version
+                )
+            except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+                self._failed[version] = time.monotonic()
+                log.error("cannot load pinned model version %s: %s", version, exc)
+
     def refresh_now(self) -> str | None:
-        """Load the active version if it is not the one served (newer, or activated for a rollback)."""
+        """Load the active version if it is not the one served (newer, or activated for a rollback), and the
+        versions experiments pin."""
         with self._load_lock:
             with self.sessions() as session:
                 wanted = active_version(session)
+            if self.wanted_pinned or self.pinned:
+                self._refresh_pinned()
             if wanted is None or wanted == self.version:
                 return self.version
             failed_at = self._failed.get(wanted)
@@ -106,21 +160,25 @@ class ModelRegistry:
                 log.error("cannot load model version %s, still serving %s: %s", wanted, self.version, exc)
             return self.version
 
-    def _load(self, version: str) -> None:
+    def _build(self, version: str) -> ServingModel:
         import torch  # here, not at import: a worker process starts (and answers health checks) without it
 
         torch.set_num_threads(1)  # one request = one small forward pass: parallelism comes from requests
-        started = time.perf_counter()
         loaded = load_version(self.artifact_dir / version)
         if loaded.version != version:
             raise ArtifactError(f"{self.artifact_dir / version}: manifest says version {loaded.version}")
         index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
-        model = ServingModel.create(loaded, index)
+        return ServingModel.create(loaded, index)
+
+    def _load(self, version: str) -> None:
+        started = time.perf_counter()
+        model = self._build(version)
+        index = model.index
         with self._write_lock:  # no catalog sync in between: the snapshot sees every change up to its swap
             with self.sessions() as session:
                 records = list(changed_items(session, None))
-            model = model.with_items([(record, ()) for record in records])
             self.catalog.apply(records)  # the view and the new snapshot now agree on every item
+            model = model.with_items([(record, ()) for record in records], self.catalog.row_of)
             self.current = model
         self._failed.pop(version, None)
         self.last_error = None
@@ -147,7 +205,10 @@ class ModelRegistry:
             changes = self.catalog.apply(records)
             current = self.current
             if current is not None and changes:
-                self.current = current.with_items(changes)
+                self.current = current.with_items(changes, self.catalog.row_of)
+            for version, pinned in list(self.pinned.items()):
+                if changes:
+                    self.pinned[version] = pinned.with_items(changes, self.catalog.row_of)
             if newest is not None:
                 # Rows stamped up to OVERLAP before this read may still be committing (or come from a process
                 # whose clock is a little behind): they are read again next time. Older ones are settled, so a

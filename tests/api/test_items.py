@@ -225,7 +225,9 @@ def test_delete_hides_the_item_and_keeps_its_events(client: TestClient) -> None:
     assert {e["item_id"] for e in user["latest_events"]} == {"sku-9"}
 
     restored = client.put("/v1/items/sku-9", json={"price": 9.0})  # re-created from the fields given only
-    assert restored.status_code == 200 and restored.json()["title"] is None and restored.json()["price"] == 9.0
+    assert (
+        restored.status_code == 200 and restored.json()["title"] is None and restored.json()["price"] == 9.0
+    )
     assert client.get("/v1/items/sku-9").status_code == 200
 
 

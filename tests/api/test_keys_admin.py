@@ -37,7 +37,9 @@ def test_key_routes_need_admin_and_valid_scopes(client: TestClient) -> None:
 def test_cli_list_and_revoke(database_url: str, client: TestClient) -> None:
     made = client.post("/v1/admin/keys", json={"scopes": "ingest,read"}, headers=auth(ADMIN_KEY)).json()
     env = {**os.environ, "RECO_DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
-    listed = subprocess.run([*RECO, "keys", "list"], env=env, capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        [*RECO, "keys", "list"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert made["prefix"] in listed and made["key"] not in listed
     done = subprocess.run(
         [*RECO, "keys", "revoke", str(made["id"])], env=env, capture_output=True, text=True, check=True

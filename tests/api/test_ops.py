@@ -61,7 +61,9 @@ def test_metrics_count_requests_per_route_and_events_by_outcome(client: TestClie
     assert metric(text, "reco_events_ingested_total", outcome="rejected") == 1
     assert "reco_cache_hit_ratio" in text
     for name in ("hits", "misses", "errors"):
-        assert f"# TYPE reco_cache_{name}_total counter" in text and f"reco_cache_{name}_total{{backend=" in text
+        assert (
+            f"# TYPE reco_cache_{name}_total counter" in text and f"reco_cache_{name}_total{{backend=" in text
+        )
     assert "/no/such/path" not in text  # unmatched paths do not blow up the label set
 
 

@@ -55,7 +55,9 @@ def _seed(base: str) -> None:
         for n, item in enumerate(ITEMS)
         for k in range(len(ITEMS) - n)
     ]
-    assert httpx.post(base + "/v1/events", json={"events": events}, headers=AUTH).json()["accepted"] == len(events)
+    assert httpx.post(base + "/v1/events", json={"events": events}, headers=AUTH).json()["accepted"] == len(
+        events
+    )
 
 
 def _popular_everywhere(base: str) -> None:
@@ -87,7 +89,9 @@ def _cached_top(base: str, user: str) -> list[str]:
 
 def _cache_errors(base: str) -> float:
     text = httpx.get(base + "/metrics", headers=AUTH).text
-    return sum(float(v) for v in re.findall(r"^reco_cache_errors(?:_total)?\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+    return sum(
+        float(v) for v in re.findall(r"^reco_cache_errors(?:_total)?\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    )
 
 
 def _buy(base: str, user: str, item: str, event_id: str) -> float:

@@ -53,7 +53,9 @@ def test_verified_key_serves_cached_answer_through_outage(proxied: tuple[TcpProx
     assert made.status_code == 201, made.text
     key = made.json()["key"]
     other = client.post("/v1/admin/keys", json={"scopes": ["read"]}, headers=auth(ADMIN_KEY)).json()["key"]
-    events = [{"event_id": f"e{n}", "user_id": f"o{n}", "item_id": "i1", "type": "purchase"} for n in range(3)]
+    events = [
+        {"event_id": f"e{n}", "user_id": f"o{n}", "item_id": "i1", "type": "purchase"} for n in range(3)
+    ]
     assert client.post("/v1/events", json={"events": events}, headers=auth(ADMIN_KEY)).status_code == 200
     url = "/v1/users/u1/recommendations?k=3"
     deadline = time.monotonic() + 10

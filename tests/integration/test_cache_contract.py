@@ -180,12 +180,17 @@ def test_redis_down_degrades_to_misses_counts_errors_and_recovers() -> None:
         cache.close()
 
 
-@pytest.mark.skipif(not REDIS_URL, reason="needs RECO_TEST_REDIS_URL (set under CI=true, where it is required)")
+@pytest.mark.skipif(
+    not REDIS_URL, reason="needs RECO_TEST_REDIS_URL (set under CI=true, where it is required)"
+)
 def test_two_prefixes_on_one_redis_never_meet(redis_prefix: str) -> None:
     """RECO_REDIS_PREFIX: two services (or test runs) on one Redis database: values, counters, the epoch,
     scripts' lists and prefix deletion of one never touch the other's."""
     assert REDIS_URL
-    a, b = RedisCache(REDIS_URL, prefix=redis_prefix + "a:"), RedisCache(REDIS_URL, prefix=redis_prefix + "b:")
+    a, b = (
+        RedisCache(REDIS_URL, prefix=redis_prefix + "a:"),
+        RedisCache(REDIS_URL, prefix=redis_prefix + "b:"),
+    )
     try:
         a.set("reco:t:x", b"from a", 60)
         assert b.get("reco:t:x") is None and a.get("reco:t:x") == b"from a"

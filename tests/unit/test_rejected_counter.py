@@ -37,6 +37,8 @@ def test_rejected_counts_422_and_413(tmp_path) -> None:  # type: ignore[no-untyp
         assert client.post("/v1/events", json=many, headers=auth(ADMIN_KEY)).status_code == 413
         assert _rejected(client) == 6
         big = b'{"events": [' + b" " * 5000 + b"]}"
-        r = client.post("/v1/events", content=big, headers={**auth(ADMIN_KEY), "content-type": "application/json"})
+        r = client.post(
+            "/v1/events", content=big, headers={**auth(ADMIN_KEY), "content-type": "application/json"}
+        )
         assert r.status_code == 413
         assert _rejected(client) == 7

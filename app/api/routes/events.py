@@ -36,7 +36,10 @@ async def post_events(request: Request) -> IngestResult:
     try:
         body = await read_json(request, settings.max_body_bytes)
         raw = batch_list(body, "events", settings.max_batch)
-    except (PayloadTooLarge, BodyTooLarge) as exc:  # a batch over the limit counts its events; a body over the cap counts 1
+    except (
+        PayloadTooLarge,
+        BodyTooLarge,
+    ) as exc:  # a batch over the limit counts its events; a body over the cap counts 1
         details = exc.details if isinstance(exc, PayloadTooLarge) else []
         listed = bool(details) and details[0].get("loc") == ["events"]
         rejected.inc(len(body["events"]) if listed else 1)
@@ -45,21 +48,22 @@ async def post_events(request: Request) -> IngestResult:
     def work() -> IngestResult:
         batch = service.validate_events(
             raw,
-            event_types=frozenset(settings.event_weights),
+            event_types=service.accepted_types(settings.event_weights, settings.negative_types),
             max_future=timedelta(seconds=settings.max_future_seconds),
         )
-        if raw and not batch.events and not batch.in_batch_duplicates:
+        if raw and not batch.valid and not batch.in_batch_duplicates:
             details = [{"loc": r.loc, "msg": r.error} for r in batch.rejected]
             more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
             rejected.inc(len(batch.rejected))
             raise ValidationFailed(
                 f"events[{batch.rejected[0].index}].{batch.rejected[0].error}{more}", details=details
             )
-        accepted, duplicates = run_transaction(state.sessions, lambda s: service.store(s, batch))
+        outcome = run_transaction(state.sessions, lambda s: service.store(s, batch))
+        accepted, duplicates = outcome.accepted, outcome.duplicates
         service.after_commit(
             state.cache,
             batch.events,
-            stored=accepted,
+            stored=outcome.events_stored,
             history_len=settings.history_len,
             history_seconds=settings.history_cache_seconds,
         )

@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -25,8 +28,11 @@ from app.api.state import AppState
 from app.catalog import repository as catalog
 from app.db.tables import ID_LENGTH
 from app.errors import NotFound, ValidationFailed
+from app.rules.spec import RulesIn, with_request
+from app.serving.recid import new_recommendation_id
 from app.serving.recommender import RecParams, StoredHistory
 from app.serving.schemas import MAX_K, MAX_LIST, PopularOut, RecommendationsOut, SessionIn, SimilarOut
+from app.validation import describe, summary
 
 log = logging.getLogger(__name__)
 router = APIRouter(
@@ -53,12 +59,22 @@ DEGRADED = "X-Reco-Degraded"  # names the dependency that could not be reached: 
 _STRATEGY = b'"strategy":"'
 
 
-def _answer(state: AppState, kind: str, body: bytes, cache: str, degraded: str | None = None) -> Response:
-    """The JSON answer with its headers; counts which strategy answered (read off the body: hits too)."""
+def _answer(
+    state: AppState,
+    kind: str,
+    body: bytes,
+    cache: str,
+    degraded: str | None = None,
+    route: Routing | None = None,
+) -> Response:
+    """The JSON answer with its headers and a fresh `recommendation_id` (hits too: unique per answer); counts
+    which strategy answered (read off the body)."""
     at = body.find(_STRATEGY)
     if at >= 0:
         start = at + len(_STRATEGY)
         state.metrics.answered(kind, body[start : body.find(b'"', start)])
+    rid = route.new_id() if route is not None else new_recommendation_id()
+    body = b'{"recommendation_id":"' + rid.encode() + b'",' + body[1:]
     headers = {"X-Cache": cache}
     if degraded:
         headers[DEGRADED] = degraded
@@ -139,13 +155,98 @@ def _user_request(request: Request) -> tuple[str, RecParams]:
     user_id = _id_param(request.path_params["user_id"], "user_id", "path")
     assert user_id is not None  # the route's path always holds one
     params = RecParams(
-        k=_int_param(query, "k", 10, 1, MAX_K),
+        k=_int_param(query, "k", 0, 1, MAX_K),  # 0: not given (the placement's default k, else 10)
         category=_id_param(query.get("category"), "category"),
         exclude=_exclude_list(query.get("exclude")),
         include_seen=_bool_param(query, "include_seen"),
         explain=_bool_param(query, "explain"),
     )
     return user_id, params
+
+
+async def _routing(
+    state: AppState, query: Mapping[str, str], user_id: str | None, params: RecParams
+) -> tuple[RecParams, Routing | None]:
+    """Apply `placement`, `filter` and `rules` to the parameters: the rules, the experiment arm, the k."""
+    placement = query.get("placement")
+    request_filter = query.get("filter")
+    raw_rules = query.get("rules")
+    if placement is None and request_filter is None and raw_rules is None:
+        return replace(params, k=params.k or DEFAULT_K), None
+    if placement is not None and not _NAME.fullmatch(placement):
+        raise _invalid("placement", "must be 1 to 64 letters, digits, '_' or '-' (a placement's name)")
+    if request_filter is not None:
+        if not request_filter.strip():
+            raise _invalid("filter", "must not be empty (leave it out for no filter)")
+        if len(request_filter) > MAX_EXPRESSION or _CONTROL.search(request_filter):
+            raise _invalid(
+                "filter", f"must have at most {MAX_EXPRESSION} characters and no control characters"
+            )
+    resolved = None
+    if placement is not None:
+        book = state.book
+        if book.known(placement):
+            resolved = book.resolve(placement, user_id)
+        else:  # not in this process's snapshot yet: the store says (in a thread, bounded by its timeouts)
+            resolved = await run_in_threadpool(book.resolve, placement, user_id)
+        if resolved is None:
+            raise NotFound(
+                f"placement {placement!r} not found: PUT /v1/admin/placements/{placement} creates it"
+            )
+    rules = with_request(resolved.rules if resolved else None, request_filter, _rules_param(raw_rules))
+    labels: list[tuple[str, str]] = []
+    if resolved is not None:
+        labels.append(("placement", resolved.placement))
+        if resolved.experiment:
+            labels += [("experiment", resolved.experiment), ("variant", resolved.variant or "")]
+    k = params.k or (rules.k if rules is not None and rules.k else DEFAULT_K)
+    routed = replace(
+        params,
+        k=k,
+        rules=rules,
+        route=resolved.cache_part if resolved else "",
+        model_version=resolved.model_version if resolved else None,
+        labels=tuple(labels),
+    )
+    route = Routing(
+        resolved.placement if resolved else None,
+        resolved.experiment if resolved else None,
+        resolved.variant if resolved else None,
+    )
+    return routed, route
+
+
+def _rules_param(raw: str | None) -> RulesIn | None:
+    """The `rules` query parameter (JSON), or a 422 naming the bad field."""
+    if raw is None:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _invalid("rules", 'must be a JSON object such as {"boosts": [...]} (URL-encoded)') from None
+    try:
+        return RulesIn.model_validate(data)
+    except ValidationError as exc:
+        details = describe(exc, ["query", "rules"])
+        raise ValidationFailed(summary(details), details=details) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where an answer came from: makes its recommendation ids."""
+
+    placement: str | None
+    experiment: str | None
+    variant: str | None
+
+    def new_id(self) -> str:
+        """A fresh id carrying this origin."""
+        return new_recommendation_id(self.placement, self.experiment, self.variant)
+
+
+DEFAULT_K = 10
+MAX_EXPRESSION = 2000
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _documented(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -171,6 +272,18 @@ _USER_PARAMETERS = [
     _documented(
         "explain", "query", {"type": "boolean", "default": False}, "name the history items behind each"
     ),
+    _documented(
+        "placement", "query", {"type": "string", "maxLength": 64}, "a stored placement's rules and experiment"
+    ),
+    _documented(
+        "filter",
+        "query",
+        {"type": "string", "maxLength": MAX_EXPRESSION},
+        'only items matching the expression, e.g. price < 50 and "outdoor" in tags',
+    ),
+    _documented(
+        "rules", "query", {"type": "string"}, "JSON: boosts, pins, promotions, diversity, rotation, strategy"
+    ),
 ]
 
 
@@ -186,15 +299,21 @@ async def user_recommendations(request: Request) -> Response:
     """What the user should see next, from their latest events (an event sent a moment ago counts)."""
     user_id, params = _user_request(request)
     state = get_state(request)
+    params, route = await _routing(state, request.query_params, user_id, params)
     recommender = state.recommender
     # The cache fence (app/fence.py): read in the last lease, else now; the lookup passes it to the cache.
     degraded = None if await state.fence.ready() else "database"
     looked = await recommender.alookup_user(user_id, params)
     if looked.answer is not None:
-        return _answer(state, "user", looked.answer, "hit", degraded)
-    if params.explain:  # leave-one-out runs the torch tower once per history item: off the event loop
+        return _answer(state, "user", looked.answer, "hit", degraded, route)
+    # leave-one-out runs the torch tower once per history item, and rotation reads the store: off the loop
+    if params.explain or (params.rules is not None and params.rules.rotation is not None):
         return _answer(
-            state, "user", await run_in_threadpool(recommender.answer_user, user_id, params, looked), "miss"
+            state,
+            "user",
+            await run_in_threadpool(recommender.answer_user, user_id, params, looked),
+            "miss",
+            route=route,
         )
     stored = None
     if looked.history is None:  # the store read waits on I/O: in a thread, so the loop serves others
@@ -203,12 +322,12 @@ async def user_recommendations(request: Request) -> Response:
         except SQLAlchemyError as exc:  # outage: answer from what needs no store (popular), never cached
             log.warning("history of a user not read (%s): answering without it", type(exc).__name__)
             fallback = recommender.compute_user(user_id, params, looked, StoredHistory([], None))
-            return _answer(state, "user", fallback.body, "miss", "database")
+            return _answer(state, "user", fallback.body, "miss", "database", route)
     # The rest is ~0.5 ms of CPU (numpy tower, FAISS): inline, as threads would only contend for the GIL.
     answer = recommender.compute_user(user_id, params, looked, stored)
     # Stored after the response is sent: the caller does not wait for that round trip (the store is
     # conditional on the counters, so a late write can never make a stale answer servable).
-    response = _answer(state, "user", answer.body, "miss", degraded)
+    response = _answer(state, "user", answer.body, "miss", degraded, route)
     response.background = BackgroundTask(state.cache.astore_user, user_id, looked, answer)
     return response
 
@@ -221,12 +340,21 @@ async def session_recommendations(body: SessionIn, request: Request) -> Response
     """Recommendations for an anonymous session from the items it just saw (`user_id` is null)."""
     state = get_state(request)
     recommender = state.recommender
-    params = RecParams(body.k, body.category, tuple(body.exclude), body.include_seen, body.explain)
+    params = RecParams(body.k or 0, body.category, tuple(body.exclude), body.include_seen, body.explain)
+    routing: dict[str, str] = {}
+    if body.placement is not None:
+        routing["placement"] = body.placement
+    if body.filter is not None:
+        routing["filter"] = body.filter
+    if body.rules is not None:
+        routing["rules"] = body.rules.model_dump_json(exclude_none=True)
+    params, route = await _routing(state, routing, None, params)
     return _answer(
         state,
         "session",
         await run_in_threadpool(recommender.answer_session, body.recent_items, params),
         "miss",
+        route=route,
     )
 
 
@@ -237,15 +365,26 @@ async def session_recommendations(body: SessionIn, request: Request) -> Response
         404: {"description": "unknown item"},
     },
 )
-async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: Category = None) -> Response:
-    """Items like this one (nearest item vectors), or popular ones in its category."""
+async def similar_items(
+    item_id: ItemId,
+    request: Request,
+    k: Annotated[int | None, Query(ge=1, le=MAX_K, description="how many items (1 to 500)")] = None,
+    category: Category = None,
+    placement: Annotated[str | None, Query(max_length=64, description="a stored placement's rules")] = None,
+    filter: Annotated[
+        str | None, Query(max_length=MAX_EXPRESSION, description="only items matching the expression")
+    ] = None,
+    rules: Annotated[str | None, Query(description="JSON: boosts, pins, promotions, diversity")] = None,
+) -> Response:
+    """Items like this one (nearest item vectors), or popular ones in its category; `placement`, `filter` and
+    `rules` apply business rules (the placement's strategy is ignored here: the answer is always similar)."""
     state = get_state(request)
     recommender = state.recommender
-    params = RecParams(k, category)
+    params, route = await _routing(state, request.query_params, None, RecParams(k or 0, category))
     degraded = None if await state.fence.ready() else "database"
     epoch, hit = recommender.cached_similar(item_id, params)
     if hit is not None:
-        return _answer(state, "similar", hit, "hit", degraded)
+        return _answer(state, "similar", hit, "hit", degraded, route)
 
     def work() -> bytes | None:
         try:
@@ -262,7 +401,7 @@ async def similar_items(item_id: ItemId, request: Request, k: K = 10, category: 
     body = await run_in_threadpool(work)
     if body is None:
         raise NotFound(f"item {item_id!r} not found: send it with PUT /v1/items/{{item_id}} or an event")
-    return _answer(state, "similar", body, "miss")
+    return _answer(state, "similar", body, "miss", route=route)
 
 
 @router.get(

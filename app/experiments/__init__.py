@@ -1,0 +1,1 @@
+"""Experiments: stable variant assignment (assign) and the A/B report math (stats)."""
