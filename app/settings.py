@@ -172,12 +172,7 @@ class Settings(BaseSettings):
         "active version); 0 = always incremental when possible, 1 = always full",
     )
     train_seed: int | None = Field(default=None)
-    # explicit negative feedback in training (app/ml/trainer.py Trainer._negative_loss)
-    negative_types: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["not_interested"],
-        description="event types that say 'not for me' (comma separated): never positives, read as explicit "
-        "negatives for training",
-    )
+    # explicit negative feedback in training (app/ml/trainer.py Trainer._negative_loss); the types: negative_types
     train_impression_negatives: bool = Field(
         default=False,
         description="an impression the user did not act on (no event on that item within "
@@ -281,13 +276,6 @@ class Settings(BaseSettings):
     def _empty_is_off(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return 0  # RECO_CLEAN_...= (empty): the rule is off
-        return value
-
-    @field_validator("negative_types", mode="before")
-    @classmethod
-    def _split_negative_types(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("negative_types")
