@@ -172,6 +172,24 @@ class Settings(BaseSettings):
         "active version); 0 = always incremental when possible, 1 = always full",
     )
     train_seed: int | None = Field(default=None)
+    # explicit negative feedback in training (app/ml/trainer.py Trainer._negative_loss); the types: negative_types
+    train_impression_negatives: bool = Field(
+        default=False,
+        description="an impression the user did not act on (no event on that item within "
+        "RECO_IMPRESSION_NEGATIVE_WINDOW_S after it) is an explicit negative too",
+    )
+    impression_negative_window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="how long after an impression an event on its item still counts as acting on it",
+    )
+    negative_weight: float = Field(
+        default=0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="weight of the explicit-negative term of the training loss (0: negatives are not used)",
+    )
     # data cleaning before each training run (app/ml/cleaning.py); 0 or an empty value turns a rule off
     clean_bot_events_per_minute: int = Field(
         default=120,
@@ -259,6 +277,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return 0  # RECO_CLEAN_...= (empty): the rule is off
         return value
+
+    @field_validator("negative_types")
+    @classmethod
+    def _check_negative_types(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if len(name) > 32:
+                raise ValueError(f"event type {name!r} must have 1 to 32 characters")
+        return list(dict.fromkeys(value))
 
     @field_validator("popular_windows", mode="before")
     @classmethod

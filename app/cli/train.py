@@ -23,7 +23,7 @@ from app.ml.train import ProgressInfo
 from app.registry import jobs
 from app.registry import repository as registry
 from app.settings import Settings, load_settings
-from app.trainer.pipeline import cleaning_rules, read_training_data, train_config
+from app.trainer.pipeline import cleaning_rules, negative_options, read_training_data, train_config
 from app.trainer.process import run_worker
 from app.trainer.worker import Worker, new_worker_id
 
@@ -236,7 +236,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         engine, sessions = _open_store(settings)
         try:
             with sessions() as session:
-                data = read_training_data(session, settings.event_weights, rules=cleaning_rules(settings))
+                data = read_training_data(
+                    session,
+                    settings.event_weights,
+                    rules=cleaning_rules(settings),
+                    **negative_options(settings),
+                )
         finally:
             engine.dispose()
         log, items, source = data.log, data.items, settings.database_url.split("@")[-1]

@@ -223,4 +223,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"user cap {d['user_cap']['events']} events of {d['user_cap']['users']} users",
         f"item cap {d['item_cap']['events']} events of {d['item_cap']['items']} items",
     ]
-    return f"cleaning: read {report['read']}, kept {report['kept']}; dropped: " + ", ".join(parts)
+    line = f"cleaning: read {report['read']}, kept {report['kept']}; dropped: " + ", ".join(parts)
+    read = (report.get("negatives") or {}).get("read") or {}
+    if read:  # added by the store read (app/trainer/pipeline.py): explicit negatives, never positives
+        line += "; explicit negatives read: " + ", ".join(f"{k} {v}" for k, v in sorted(read.items()))
+    return line

@@ -78,6 +78,8 @@ class TrainConfig:
     incremental_epochs: int = 4
     replay_ratio: float = 1.0  # replayed older windows per window with new events
     incremental_lr_scale: float = 0.5
+    # Explicit negatives (not_interested, unclicked impressions): weight of their pairwise term; 0 = unused.
+    negative_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -92,6 +94,10 @@ class TrainConfig:
             )
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"TrainConfig.time_budget_s: {self.time_budget_s} must be positive (or None)")
+        if not 0 <= self.negative_weight < float("inf"):
+            raise ValueError(
+                f"TrainConfig.negative_weight: {self.negative_weight} must be a finite number >= 0"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device: {self.device!r} is not one of 'auto', 'cpu', 'cuda'")
         for name, weight in self.event_weights.items():

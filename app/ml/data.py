@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -249,3 +250,120 @@ def leave_one_out_split(
         types=types,
         times=times,
     )
+
+
+IMPRESSION_KIND = "impression_without_click"
+MAX_NEGATIVES_PER_USER = 200
+
+
+@dataclass(frozen=True, eq=False)
+class Negatives:
+    """Explicit negative feedback: (user, item) pairs a user turned down, each with its kind and time.
+
+    Kinds are the negative event types (e.g. `not_interested`) and IMPRESSION_KIND (shown, never acted on).
+    """
+
+    user_ids: list[str]
+    item_ids: list[str]
+    kinds: list[str]
+    timestamps: np.ndarray  # [n] float64 epoch seconds
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls) -> Negatives:
+        return cls([], [], [], np.empty(0, dtype=np.float64))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Negatives]) -> Negatives:
+        """All the pairs of `parts`, in order."""
+        return cls(
+            [u for p in parts for u in p.user_ids],
+            [i for p in parts for i in p.item_ids],
+            [k for p in parts for k in p.kinds],
+            np.concatenate([p.timestamps for p in parts]) if parts else np.empty(0, dtype=np.float64),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Rows of each kind."""
+        out: dict[str, int] = {}
+        for kind in self.kinds:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class UserNegatives:
+    """Negatives per user of a split, CSR: user u's negative item codes are items[offsets[u]:offsets[u+1]]."""
+
+    offsets: np.ndarray  # [U + 1] int64
+    items: np.ndarray  # [nnz] int64 item codes of the split (all of them items of the training log)
+    report: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+def user_negatives(
+    split: Split,
+    negatives: Negatives,
+    log_items: Sequence[str],
+    max_per_user: int = MAX_NEGATIVES_PER_USER,
+) -> UserNegatives:
+    """Map negatives onto a split: users it trains and items of the training log (`log_items`, whose codes are
+    the split's first ones); other pairs are ignored, and so is a negative the user's own later positive on the
+    same item supersedes (the split's time of the pair is after the negative's). A pair given twice (or by two kinds) counts once, under its
+    first kind in `negatives`' order; a user keeps their latest `max_per_user` negatives.
+
+    The report: `used` pairs per kind, and the pairs `ignored` because the item or the user is not trained on.
+    """
+    n = len(negatives)
+    user_code = {u: i for i, u in enumerate(split.user_ids)}
+    item_code = {item: i for i, item in enumerate(log_items)}
+    users = np.fromiter((user_code.get(u, -1) for u in negatives.user_ids), dtype=np.int64, count=n)
+    items = np.fromiter((item_code.get(i, -1) for i in negatives.item_ids), dtype=np.int64, count=n)
+    kind_names = sorted(set(negatives.kinds))
+    kind_code = {k: i for i, k in enumerate(kind_names)}
+    kinds = np.fromiter((kind_code[k] for k in negatives.kinds), dtype=np.int64, count=n)
+    unknown_item = items < 0
+    unknown_user = (users < 0) & ~unknown_item
+    known = (users >= 0) & (items >= 0)
+    # A positive of the same user on the same item after the negative supersedes it (they came back to it).
+    superseded = np.zeros(n, dtype=bool)
+    if split.times is not None and known.any():
+        n_keys = max(split.n_items, 1)
+        owner = np.repeat(np.arange(split.n_users, dtype=np.int64), np.diff(split.offsets))  # [nnz]
+        keys = owner * n_keys + split.items  # [nnz] unique per (user, item): the split keeps pairs once
+        order = np.argsort(keys)
+        sorted_keys, sorted_times = keys[order], split.times[order]
+        rows = np.flatnonzero(known)
+        wanted = users[rows] * n_keys + items[rows]
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), max(sorted_keys.shape[0] - 1, 0))
+        if sorted_keys.shape[0]:
+            hit = (sorted_keys[at] == wanted) & (sorted_times[at] > negatives.timestamps[rows])
+            superseded[rows[hit]] = True
+    ok = np.flatnonzero(known & ~superseded)
+    pair = users[ok] * max(split.n_items, 1) + items[ok]
+    _, first = np.unique(pair, return_index=True)  # the first row of each pair
+    rows = ok[np.sort(first)]
+    # Latest first within each user, then cut to max_per_user.
+    order = rows[np.lexsort((-negatives.timestamps[rows], users[rows]))]
+    u = users[order]
+    rank = np.arange(order.shape[0]) - np.searchsorted(u, u, side="left")
+    order = order[rank < max_per_user]
+    order = order[np.lexsort((items[order], users[order]))]  # by user, then item
+    counts = np.bincount(users[order], minlength=split.n_users)
+    offsets = np.zeros(split.n_users + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    used = np.bincount(kinds[order], minlength=len(kind_names))
+    report = {
+        "used": {k: int(used[c]) for c, k in enumerate(kind_names)},
+        "users": int((counts > 0).sum()),
+        "ignored": {
+            "unknown_item": int(unknown_item.sum()),
+            "unknown_user": int(unknown_user.sum()),
+            "superseded": int(superseded.sum()),
+        },
+    }
+    return UserNegatives(offsets, items[order], report)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from app.ml.config import TrainConfig
-from app.ml.data import InteractionLog, Split, leave_one_out_split
+from app.ml.data import InteractionLog, Negatives, Split, UserNegatives, leave_one_out_split, user_negatives
 from app.ml.features import feature_matrix
 from app.ml.model import RecModel, TwoTower
 from app.ml.scoring import evaluate_model
@@ -182,7 +182,10 @@ def _incremental_windows(
     )
     tails = [(sequences[i][0][-(max_len + 1) :], sequences[i][1][-(max_len + 1) :]) for i in chosen]
     owners = None if users is None else users[np.asarray(chosen, dtype=np.int64)]
-    return make_windows(tails, max_len, owners), {
+    windows = make_windows(tails, max_len, owners)
+    if windows.seqs is not None:  # index the whole split's sequences, not the chosen ones
+        windows = replace(windows, seqs=np.asarray(chosen, dtype=np.int64)[windows.seqs])
+    return windows, {
         "users_with_new_events": len(fresh),
         "replayed_users": replay,
     }
@@ -238,6 +241,7 @@ def _train_member(
     history: list[dict[str, Any]],
     previous: TwoTower | None,
     warm: WarmStart | None,
+    negatives: UserNegatives | None = None,
 ) -> tuple[TwoTower, dict[str, Any]]:
     """Train one member: validation stage (early stopping on NDCG@10), then the refit on train + valid."""
     train_seqs = split.sequences(drop_last=holdout + 1)
@@ -284,7 +288,9 @@ def _train_member(
     model = _new_model(split, items, config, popularity)
     if previous is not None and warm is not None:
         info["warm_start"] = warm_member(model, previous, warm, split)
-    trainer = Trainer(model, config, windows, type_weights(split.type_names, config), popularity, device)
+    trainer = Trainer(
+        model, config, windows, type_weights(split.type_names, config), popularity, device, negatives
+    )
     steps_per_epoch = trainer.steps_per_epoch()
     if incremental:
         trainer.restart_schedule(
@@ -396,7 +402,7 @@ def _train_member(
             info.setdefault("refit", f"continued {refit_epochs} epoch(s) on train + valid")
         else:
             model, _, _ = _retrain_from_scratch(
-                refit_stage, split, items, config, all_seqs, best_epoch, device, budget, history
+                refit_stage, split, items, config, all_seqs, best_epoch, device, budget, history, negatives
             )
             info["refit"] = f"retrained from scratch for {best_epoch} epoch(s) on train + valid"
             model.eval()
@@ -419,12 +425,15 @@ def _retrain_from_scratch(
     device: torch.device,
     budget: Budget,
     history: list[dict[str, Any]],
+    negatives: UserNegatives | None = None,
 ) -> tuple[TwoTower, int, float]:
     """The refit of refit_epochs=0: a new model trained `epochs` epochs on train + valid, no validation."""
     windows = make_windows(seqs, config.model.max_len, split.user_rows(config.model.user_buckets))
     popularity = np.bincount(np.concatenate([s for s, _ in seqs]), minlength=split.n_items).astype(np.float64)
     model = _new_model(split, items, config, popularity)
-    trainer = Trainer(model, config, windows, type_weights(split.type_names, config), popularity, device)
+    trainer = Trainer(
+        model, config, windows, type_weights(split.type_names, config), popularity, device, negatives
+    )
     trainer.total_steps = max(epochs, config.epochs) * trainer.steps_per_epoch()
     started = time.perf_counter()
     for epoch in range(1, max(epochs, 1) + 1):
@@ -442,6 +451,7 @@ def fit_split(
     holdout: int = 0,
     progress: Callable[[ProgressInfo], None] | None = None,
     warm: WarmStart | None = None,
+    negatives: UserNegatives | None = None,
 ) -> FitResult:
     """Fit on a split: validate on the item before the last `holdout` ones, then refit on everything before them.
 
@@ -449,6 +459,8 @@ def fit_split(
     training + validation); `holdout=0` is serving (validate on each user's latest item, refit on all).
     With `warm`, each member starts from the previous model's weights and trains on the windows holding events
     newer than `warm.since` plus a replay sample (an incremental retrain); WarmStartError when incompatible.
+    `negatives` (per split user, see `user_negatives`) add the explicit-negative term to the loss when
+    config.negative_weight > 0; their report lands in the data statistics under "negatives".
     """
     _check(split)
     device = resolve_device(config)
@@ -482,6 +494,7 @@ def fit_split(
                 history,
                 previous_members[k] if previous_members is not None else None,
                 warm,
+                negatives,
             )
             finals.append(member)
             infos.append(info)
@@ -520,7 +533,14 @@ def fit_split(
     for key in ("warm_start", "users_with_new_events", "replayed_users"):
         if key in infos[0]:
             metrics[key] = infos[0][key]
-    stats = {**split.stats(), "type_names": list(split.type_names)}
+    stats: dict[str, Any] = {**split.stats(), "type_names": list(split.type_names)}
+    if negatives is not None:
+        used = config.negative_weight > 0
+        stats["negatives"] = {
+            **negatives.report,
+            "used": negatives.report["used"] if used else {k: 0 for k in negatives.report["used"]},
+            "weight": config.negative_weight,
+        }
     return FitResult(
         model.cpu(), config, list(split.item_ids), list(split.type_names), metrics, stats, timings, history
     )
@@ -532,14 +552,20 @@ def fit(
     config: TrainConfig,
     progress: Callable[[ProgressInfo], None] | None = None,
     warm: WarmStart | None = None,
+    negatives: Negatives | None = None,
 ) -> FitResult:
-    """Train a serving model on the whole log (validating on each user's latest item first)."""
+    """Train a serving model on the whole log (validating on each user's latest item first).
+
+    `negatives`: explicit negative feedback (not_interested, unclicked impressions) on items of the log; pairs
+    of users or items the split does not train on are ignored (the data statistics count them).
+    """
     if len(log) == 0:
         raise ValueError("fit: the interaction log is empty; send events before training")
     split = leave_one_out_split(
         log, extra_items=items.keys(), type_strength=config.event_weights, min_interactions=3
     )
-    return fit_split(split, items, config, holdout=0, progress=progress, warm=warm)
+    per_user = None if negatives is None else user_negatives(split, negatives, log.items)
+    return fit_split(split, items, config, holdout=0, progress=progress, warm=warm, negatives=per_user)
 
 
 def describe(result: FitResult) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from app.ml.config import TrainConfig
+from app.ml.data import UserNegatives
 from app.ml.model import TwoTower
 from app.ml.windows import Windows
 
@@ -68,23 +70,37 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 
 def forward_batch(
-    model: TwoTower, items: Tensor, types: Tensor, candidates: Tensor | None, users: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """States [B, L, d] of padded windows and the (v, b) vectors [C, d+1] of the candidates (None = all)."""
+    model: TwoTower,
+    items: Tensor,
+    types: Tensor,
+    candidates: Tensor | None,
+    users: Tensor | None = None,
+    extra: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """States [B, L, d] of padded windows, the (v, b) vectors [C, d+1] of the candidates (None = all) and
+    those [E, d+1] of the `extra` item codes (explicit negatives and their targets; None when not given).
+
+    Without `extra` the computation is exactly the one without negatives (the same item rows, in the same order).
+    """
     valid = items >= 0  # [B, L]
+    extra_vecs = None
     if candidates is None:
         table = model.items(None)  # [N, d+1]
         inputs = table[items.clamp(min=0)]  # [B, L, d+1]
         cand_vecs = table
+        if extra is not None:
+            extra_vecs = table[extra]  # [E, d+1]
     else:
-        rows, inverse = torch.unique(
-            torch.cat([items.clamp(min=0).flatten(), candidates]), return_inverse=True
-        )
+        parts = [items.clamp(min=0).flatten(), candidates] + ([extra] if extra is not None else [])
+        rows, inverse = torch.unique(torch.cat(parts), return_inverse=True)
         table = model.items(rows)  # [R, d+1]
         inputs = table[inverse[: items.numel()].view_as(items)]  # [B, L, d+1]
-        cand_vecs = table[inverse[items.numel() :]]  # [C, d+1]
+        end = items.numel() + candidates.numel()
+        cand_vecs = table[inverse[items.numel() : end]]  # [C, d+1]
+        if extra is not None:
+            extra_vecs = table[inverse[end:]]  # [E, d+1]
     type_ids = torch.where(types >= 0, types, torch.full_like(types, model.n_types))  # [B, L]
-    return model.encode(inputs, type_ids, valid, users), cand_vecs
+    return model.encode(inputs, type_ids, valid, users), cand_vecs, extra_vecs
 
 
 class _Forward(torch.nn.Module):
@@ -95,9 +111,14 @@ class _Forward(torch.nn.Module):
         self.model = model
 
     def forward(
-        self, items: Tensor, types: Tensor, candidates: Tensor | None, users: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        return forward_batch(self.model, items, types, candidates, users)
+        self,
+        items: Tensor,
+        types: Tensor,
+        candidates: Tensor | None,
+        users: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        return forward_batch(self.model, items, types, candidates, users, extra)
 
 
 def type_weights(type_names: Sequence[str], config: TrainConfig) -> np.ndarray:
@@ -105,8 +126,22 @@ def type_weights(type_names: Sequence[str], config: TrainConfig) -> np.ndarray:
     return np.array([config.event_weights.get(t, default) for t in type_names] + [default], dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class BatchNegatives:
+    """One batch's explicit negatives, as (batch row, item) pairs: K pairs in all."""
+
+    rows: Tensor  # [K] int64 batch row (window) of each pair
+    items: Tensor  # [K] int64 negative item code
+    targets: Tensor  # [K] int64 the row's last target (the positive it is compared with)
+    scale: Tensor  # [K] float32 1 / (pairs of its row): each row's pairs average to one term
+
+
 class Trainer:
-    """Runs epochs over windows on one device (or one DDP rank) for one model."""
+    """Runs epochs over windows on one device (or one DDP rank) for one model.
+
+    With `negatives` (UserNegatives, CSR per sequence index of `windows.seqs`) and config.negative_weight > 0,
+    the loss gains the explicit-negative term of `_negative_loss`; without them it is exactly the plain one.
+    """
 
     def __init__(
         self,
@@ -116,6 +151,7 @@ class Trainer:
         type_weights: np.ndarray,
         popularity: np.ndarray,
         device: torch.device,
+        negatives: UserNegatives | None = None,
     ) -> None:
         tune_allocator()
         self.model = model.to(device)
@@ -155,9 +191,17 @@ class Trainer:
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self._triangles: dict[int, tuple[Tensor, Tensor]] = {}
         self.bf16_logits = device.type == "cpu" and use_bf16(config, device)
+        use_negatives = negatives is not None and len(negatives) > 0 and config.negative_weight > 0
+        self.negatives: UserNegatives | None = negatives if use_negatives else None
 
     def _loss(
-        self, items: Tensor, types: Tensor, targets: Tensor, target_types: Tensor, users: Tensor | None = None
+        self,
+        items: Tensor,
+        types: Tensor,
+        targets: Tensor,
+        target_types: Tensor,
+        users: Tensor | None = None,
+        negatives: BatchNegatives | None = None,
     ) -> Tensor:
         mask = targets >= 0  # [B, L]
         pos_targets = targets[mask]  # [P]
@@ -173,7 +217,9 @@ class Trainer:
             )
             log_q = torch.log(expected)  # [C]
             pos_targets = torch.searchsorted(candidates, pos_targets)  # [P]
-        states, cand_vecs = self.forward(items, types, candidates, users)  # [B, L, d], [C, d+1]
+        extra = None if negatives is None else torch.cat([negatives.items, negatives.targets])  # [2K]
+        # [B, L, d], [C, d+1], [2K, d+1] or None
+        states, cand_vecs, extra_vecs = self.forward(items, types, candidates, users, extra)
         query = TwoTower.query(states[mask])  # [P, d+1]
         if self.bf16_logits:
             # Only the [P, C] product in bf16 (3-5x faster on AVX512-BF16); softmax and CE in float32.
@@ -187,7 +233,59 @@ class Trainer:
         losses = F.cross_entropy(logits, pos_targets, reduction="none")  # [P]
         # Divide by the expected weight of a batch, not this batch's own: bucketed batches of short windows
         # would otherwise weigh each of their positions more than long ones do.
-        return (losses * weights).sum() / (self.weight_per_window * items.shape[0])
+        loss = (losses * weights).sum() / (self.weight_per_window * items.shape[0])
+        if negatives is not None and extra_vecs is not None:
+            loss = loss + self._negative_loss(states, extra_vecs, negatives)
+        return loss
+
+    def _negative_loss(self, states: Tensor, extra_vecs: Tensor, negatives: BatchNegatives) -> Tensor:
+        """The explicit-negative term: weight * sum over windows with negatives of the mean over their
+        negatives n of softplus(s(u, n) - s(u, t)), divided by the batch's windows.
+
+        s(u, x) = q_u . (v_x, b_x) with q_u the window's last state (what serving ranks with) and t the window's
+        last target. Why a pairwise (BPR-style) term rather than the negatives as extra softmax candidates: in
+        the full softmax every item already is a candidate, so adding them there changes nothing; the pairwise
+        term pushes each rejected item below the item the user did pick, on the path with sampled candidates
+        as on the full one, without changing the softmax (its normaliser and logQ correction) at all. It is
+        one [K, d+1] product (K pairs of the batch), and it is absent from batches without negatives, so a run
+        without negatives computes exactly what it did before.
+        """
+        k = negatives.rows.shape[0]
+        # Windows are left-padded: the last column is always a valid position.
+        query = TwoTower.query(states[:, -1]).float()  # [B, d+1]
+        q = query[negatives.rows]  # [K, d+1]
+        neg_vecs, pos_vecs = extra_vecs[:k].float(), extra_vecs[k:].float()  # [K, d+1] each
+        margin = (q * neg_vecs).sum(-1) - (q * pos_vecs).sum(-1)  # [K]
+        term = (F.softplus(margin) * negatives.scale).sum() / states.shape[0]
+        return self.config.negative_weight * term
+
+    def _batch_negatives(self, idx: np.ndarray, last_targets: np.ndarray) -> BatchNegatives | None:
+        """The (row, negative) pairs of a batch of windows `idx` (vectorised CSR gather; None when none).
+
+        A negative equal to the row's own last target is left out (the user came back to it)."""
+        if self.negatives is None or self.windows.seqs is None:
+            return None
+        offsets, codes = self.negatives.offsets, self.negatives.items
+        seqs = self.windows.seqs[idx]  # [B]
+        starts = offsets[seqs]  # [B]
+        counts = offsets[seqs + 1] - starts  # [B]
+        total = int(counts.sum())
+        if total == 0:
+            return None
+        rows = np.repeat(np.arange(len(idx)), counts)  # [K]
+        within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)  # [K] rank in its row
+        items = codes[starts[rows] + within]  # [K]
+        targets = last_targets[rows].astype(np.int64)  # [K]
+        keep = items != targets
+        rows, items, targets = rows[keep], items[keep], targets[keep]
+        if rows.shape[0] == 0:
+            return None
+        scale = (1.0 / np.bincount(rows, minlength=len(idx))[rows]).astype(np.float32)  # [K]
+
+        def put(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(a).to(self.device, non_blocking=True)
+
+        return BatchNegatives(put(rows), put(items), put(targets), put(scale))
 
     def _mask_seen(
         self, logits: Tensor, items: Tensor, mask: Tensor, candidates: Tensor | None, targets: Tensor
@@ -335,10 +433,13 @@ class Trainer:
             users = None
             if self.windows.users is not None:
                 users = torch.from_numpy(self.windows.users[idx]).to(self.device, non_blocking=True)
+            negatives = None
+            if self.negatives is not None:
+                negatives = self._batch_negatives(idx, self.windows.targets[idx, -1])
             for group in self.optimizer.param_groups:
                 group["lr"] = self._lr()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = self._loss(batch[0], batch[1], batch[2], batch[3], users)
+                loss = self._loss(batch[0], batch[1], batch[2], batch[3], users, negatives)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -21,6 +21,7 @@ class Windows:
     targets: np.ndarray  # [W, L] int32
     target_types: np.ndarray  # [W, L] int32
     users: np.ndarray | None = None  # [W] int64 hashed user rows (models with a user-ID table)
+    seqs: np.ndarray | None = None  # [W] int64 each window's sequence index (its user's explicit negatives)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -33,7 +34,8 @@ class Windows:
 def make_windows(sequences: Sequences, max_len: int, users: np.ndarray | None = None) -> Windows:
     """Cut every sequence into windows of `max_len` inputs, each position predicting the next item.
 
-    `users` ([S], one hashed user row per sequence) labels each window with its sequence's user row."""
+    `users` ([S], one hashed user row per sequence) labels each window with its sequence's user row; `seqs`
+    holds each window's sequence index."""
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     owners: list[int] = []
     for s, (items, types) in enumerate(sequences):
@@ -52,7 +54,8 @@ def make_windows(sequences: Sequences, max_len: int, users: np.ndarray | None = 
         for array, values in zip(out, row, strict=True):
             array[w, max_len - length :] = values
     labels = None if users is None else np.asarray(users, dtype=np.int64)[np.asarray(owners, dtype=np.int64)]
-    return Windows(out[0], out[1], out[2], out[3], users=labels)
+    seqs = np.asarray(owners, dtype=np.int64)  # [W]
+    return Windows(out[0], out[1], out[2], out[3], users=labels, seqs=seqs)
 
 
 def last_windows(sequences: Sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,22 +6,25 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from app.artifacts import load_version
 from app.catalog.repository import iter_item_records
+from app.db.tables import Event, Impression
 from app.events.repository import iter_interactions
 from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.config import TrainConfig
-from app.ml.data import InteractionLog
+from app.ml.data import IMPRESSION_KIND, InteractionLog, Negatives
 from app.ml.train import FitResult, ProgressInfo, WarmStart, fit
-from app.records import ItemRecord
+from app.records import ItemRecord, as_utc
 from app.registry import jobs
 from app.registry import repository as registry
 from app.registry.jobs import Lease
@@ -47,6 +50,7 @@ class TrainingData:
     skipped_types: dict[str, int]
     read_s: float
     cleaning: dict[str, Any] | None = None  # clean_log's report: the rules used and what each dropped
+    negatives: Negatives | None = None  # explicit negatives: negative event types, unclicked impressions
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ def train_config(settings: Settings) -> TrainConfig:
         event_weights={name: weight for name, weight in settings.event_weights.items() if weight > 0},
         device=settings.train_device,
         threads=settings.train_threads,
+        negative_weight=settings.negative_weight,
     )
     config = replace(config, time_budget_s=settings.train_time_budget_s)
     if settings.train_epochs is not None:
@@ -103,25 +108,97 @@ def cleaning_rules(settings: Settings) -> CleaningRules:
     )
 
 
+def negative_options(settings: Settings) -> dict[str, Any]:
+    """read_training_data's keyword arguments for explicit negatives, from the settings."""
+    return {
+        "negative_types": tuple(settings.negative_types),
+        "impression_window_s": settings.impression_negative_window_s
+        if settings.train_impression_negatives
+        else None,
+    }
+
+
+def read_unclicked_impressions(
+    session: Session, window_s: float, now: float | None = None, chunk_size: int = READ_CHUNK
+) -> Negatives:
+    """Impressions the user did not act on: no event of that user on that item at or after the impression's
+    time, within `window_s` seconds. One SQL query (SQLite and PostgreSQL alike): each impression with the
+    time of the first such event after it (a LEFT JOIN on the events' (user_id, ts) index, MIN per
+    impression); the window test is done on the rows. Impressions younger than `window_s` (before `now`,
+    default the clock) are not judged yet: the user may still act on them.
+    """
+    cutoff = datetime.fromtimestamp(time.time() if now is None else now, UTC) - timedelta(seconds=window_s)
+    first_after = func.min(Event.ts)
+    stmt = (
+        select(Impression.user_id, Impression.item_id, Impression.ts, first_after)
+        .select_from(Impression)
+        .outerjoin(
+            Event,
+            and_(
+                Event.user_id == Impression.user_id,
+                Event.item_id == Impression.item_id,
+                Event.ts >= Impression.ts,
+            ),
+        )
+        .where(Impression.ts <= cutoff)
+        .group_by(Impression.id, Impression.user_id, Impression.item_id, Impression.ts)
+        .order_by(Impression.id)
+    )
+    users: list[str] = []
+    items: list[str] = []
+    times: list[float] = []
+    result = session.execute(stmt.execution_options(stream_results=True, yield_per=chunk_size))
+    for user_id, item_id, shown, acted in result:
+        shown_s = as_utc(shown).timestamp()
+        if acted is None or as_utc(acted).timestamp() - shown_s > window_s:
+            users.append(user_id)
+            items.append(item_id)
+            times.append(shown_s)
+    return Negatives(users, items, [IMPRESSION_KIND] * len(users), np.asarray(times, dtype=np.float64))
+
+
 def read_training_data(
     session: Session,
     event_weights: Mapping[str, float],
     chunk_size: int = READ_CHUNK,
     *,
     rules: CleaningRules | None = None,
+    negative_types: Sequence[str] = ("not_interested",),
+    impression_window_s: float | None = None,
 ) -> TrainingData:
     """Stream every interaction (server-side cursor, no ORM objects) and every item out of the store, cleaned.
 
-    Erased users' events are deleted from the table, so they cannot appear here. Then `clean_log` applies
-    `rules` (app/ml/cleaning.py: bot users, repeats, per-user and per-item caps); its type rule always follows
-    `event_weights`: types whose weight is 0, or that the weights do not name, are left out of training
-    (counted in `skipped_types` and in the report). Without `rules` only the type rule applies.
+    Erased users' events are deleted from the table, so they cannot appear here. Events of `negative_types`
+    ("not for me") are taken out first, whatever their weight: they become explicit negatives (`negatives`),
+    never positives, and appear in no sequence. Then `clean_log` applies `rules` (app/ml/cleaning.py: bot users,
+    repeats, per-user and per-item caps); its type rule always follows `event_weights`: types whose weight is
+    0, or that the weights do not name, are left out of training (counted in `skipped_types` and in the
+    report). Without `rules` only the type rule applies. With `impression_window_s`, impressions not acted on
+    within that many seconds are negatives too (`read_unclicked_impressions`). The report's "negatives" counts
+    the negatives read of each kind (FitResult.data_stats["negatives"] those training used).
     """
     started = time.perf_counter()
     builder = InteractionLog.builder()
     newest = 0
+    negative = frozenset(negative_types)
+    neg_users: list[str] = []
+    neg_items: list[str] = []
+    neg_kinds: list[str] = []
+    neg_times: list[float] = []
     for chunk in iter_interactions(session, chunk_size=chunk_size):
         newest = max(newest, int(chunk[-1][0]))
+        if negative:
+            rows = [r for r in chunk if r[3] not in negative]
+            if len(rows) < len(chunk):
+                for r in chunk:
+                    if r[3] in negative:
+                        neg_users.append(r[1])
+                        neg_items.append(r[2])
+                        neg_kinds.append(r[3])
+                        neg_times.append(r[5])
+            chunk = rows
+        if not chunk:
+            continue
         builder.extend(
             [r[1] for r in chunk],
             [r[2] for r in chunk],
@@ -131,10 +208,19 @@ def read_training_data(
     cleaned, report = clean_log(
         builder.build(), replace(rules or CleaningRules(), type_weights=dict(event_weights))
     )
+    parts = [Negatives(neg_users, neg_items, neg_kinds, np.asarray(neg_times, dtype=np.float64))]
+    if impression_window_s is not None:
+        parts.append(read_unclicked_impressions(session, impression_window_s, chunk_size=chunk_size))
+    negatives = Negatives.concat(parts)
+    report["negatives"] = {
+        "types": sorted(negative),
+        "impression_window_s": impression_window_s,
+        "read": negatives.counts(),
+    }
     log.info("%s (%.1f s)", format_report(report), report["seconds"])
     items = {record.item_id: record for record in iter_item_records(session)}
     skipped = dict(report["dropped"]["types"]["by_type"])
-    return TrainingData(cleaned, items, newest, skipped, time.perf_counter() - started, report)
+    return TrainingData(cleaned, items, newest, skipped, time.perf_counter() - started, report, negatives)
 
 
 def plain(value: Any) -> Any:
@@ -243,7 +329,7 @@ def fit_data(
     warm: WarmStart | None = None,
 ) -> FitResult:
     """Fit the serving model on the data read from the store (continuing from `warm` when given)."""
-    return fit(data.log, data.items, config, progress, warm=warm)
+    return fit(data.log, data.items, config, progress, warm=warm, negatives=data.negatives)
 
 
 def describe_run(

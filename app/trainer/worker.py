@@ -36,6 +36,7 @@ from app.trainer.pipeline import (
     cleaning_rules,
     describe_run,
     fit_data,
+    negative_options,
     plain,
     plan_run,
     progress_detail,
@@ -180,7 +181,10 @@ class Worker:
         try:
             with self.sessions() as session:
                 data = read_training_data(
-                    session, self.settings.event_weights, rules=cleaning_rules(self.settings)
+                    session,
+                    self.settings.event_weights,
+                    rules=cleaning_rules(self.settings),
+                    **negative_options(self.settings),
                 )
             heartbeat.progress = 0.1
             heartbeat.beat()
