@@ -166,7 +166,7 @@ def bench_size(n: int, users: int, rounds: int, profile: bool) -> dict[str, Any]
             state.cache.record_events({user: [e for e in reversed(lookups[1].history or []) if e]}, 200, 3600)
             hits: dict[str, list[float]] = {"plain": [], "placement": []}
             states: dict[str, list[str]] = {"plain": [], "placement": []}
-            for name, params in (("plain", {"k": 10}), ("placement", {"placement": "bench"})):
+            for params in ({"k": 10}, {"placement": "bench"}):
                 client.get(f"/v1/users/{user}/recommendations", params=params)  # the miss that stores it
             for _ in range(300):
                 for name, params in (("plain", {"k": 10}), ("placement", {"placement": "bench"})):
@@ -219,7 +219,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         + "`), two boosts, a 20% promotion and diversity (≤ 3 per category);",
         "every answer held its k = 10 items. The first answer with a new expression evaluates its mask over the",
         "whole catalog (numpy, per catalog revision) and gathers it onto the index rows (per model snapshot);",
-        "later answers reuse both. The flat scan reads items × 65 × 4 bytes per query "
+        "later answers reuse both. The flat scan reads items x 65 x 4 bytes per query "
         + ", ".join(f"({r['scan_bytes'] / 1e6:.1f} MB at {r['items']:,})" for r in results)
         + ".",
         "",
