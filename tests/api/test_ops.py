@@ -112,7 +112,7 @@ def test_openapi_has_every_route_and_the_batch_schemas(client: TestClient) -> No
     }
     assert schemas["ItemBatchIn"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/ItemIn"}
     event = schemas["EventIn"]
-    assert set(event["required"]) == {"user_id", "item_id", "type"}
+    assert set(event["required"]) == {"user_id", "type"}  # item_id: every type but impression (items)
     assert {"event_id", "value", "timestamp"} <= set(event["properties"])
     assert event["examples"][0]["type"] == "purchase"
     assert {"accepted", "duplicates", "rejected"} <= set(schemas["IngestResult"]["properties"])

@@ -78,6 +78,7 @@ def seen_by(user: str) -> set[str]:
 
 def test_no_model_unknown_user_and_no_history_all_answer_popular(empty: TestClient) -> None:
     answer = recs(empty, "nobody", k=5)
+    assert len(answer.pop("recommendation_id")) == 20  # 80 random bits, hex
     assert answer == {"user_id": "nobody", "model_version": None, "strategy": "popular", "items": []}
     state = state_of(empty)
     load_shop(state.sessions)
@@ -213,6 +214,7 @@ def test_exclude_and_category_filters_refill_to_k(shop: TestClient) -> None:
     assert len(own["items"]) == 25 - len(seen_by("u1"))  # seen ones are not eligible
     unknown = recs(shop, "u1", k=5, category="no-such-category")
     assert "no-such-category" in unknown.pop("note")  # an empty answer says why
+    assert unknown.pop("recommendation_id")
     assert unknown == {"user_id": "u1", "model_version": "v1", "strategy": "popular_category", "items": []}
 
 
