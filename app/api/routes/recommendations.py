@@ -155,7 +155,8 @@ def _user_request(request: Request) -> tuple[str, RecParams]:
     user_id = _id_param(request.path_params["user_id"], "user_id", "path")
     assert user_id is not None  # the route's path always holds one
     params = RecParams(
-        k=_int_param(query, "k", 0, 1, MAX_K),  # 0: not given (the placement's default k, else 10)
+        # 0 when not given and a placement or rules may set it (else 10: the hot path needs no second copy)
+        k=_int_param(query, "k", 0 if _ROUTED.intersection(query) else DEFAULT_K, 1, MAX_K),
         category=_id_param(query.get("category"), "category"),
         exclude=_exclude_list(query.get("exclude")),
         include_seen=_bool_param(query, "include_seen"),
@@ -172,7 +173,7 @@ async def _routing(
     request_filter = query.get("filter")
     raw_rules = query.get("rules")
     if placement is None and request_filter is None and raw_rules is None:
-        return replace(params, k=params.k or DEFAULT_K), None
+        return (params if params.k else replace(params, k=DEFAULT_K)), None
     if placement is not None and not _NAME.fullmatch(placement):
         raise _invalid("placement", "must be 1 to 64 letters, digits, '_' or '-' (a placement's name)")
     if request_filter is not None:
@@ -246,6 +247,7 @@ class Routing:
 
 DEFAULT_K = 10
 MAX_EXPRESSION = 2000
+_ROUTED = frozenset({"placement", "filter", "rules"})
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
