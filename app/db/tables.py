@@ -247,4 +247,5 @@ class Impression(Base):
         Index("uq_impressions_rec_item", "recommendation_id", "item_id", unique=True),
         Index("ix_impressions_user_ts", "user_id", "ts"),
         Index("ix_impressions_experiment", "experiment", "variant"),
+        Index("ix_impressions_item_id", "item_id"),  # the dashboard's item inspector (migration 0008)
     )

@@ -1,4 +1,4 @@
-"""dashboard: event_counts (per-minute rollup of ingested events), dashboard_secret, events(item_id) index
+"""dashboard: event_counts (per-minute rollup of ingested events), dashboard_secret, events(item_id) and impressions(item_id) indexes
 
 Revision ID: 0008
 Revises: 0007
@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_secret")),
     )
     op.create_index("ix_events_item_id", "events", ["item_id", "type"])
+    op.create_index("ix_impressions_item_id", "impressions", ["item_id"])
     # the events already stored, so the charts start complete (one pass, at upgrade time only)
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
@@ -48,6 +49,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_impressions_item_id", table_name="impressions")
     op.drop_index("ix_events_item_id", table_name="events")
     op.drop_table("dashboard_secret")
     op.drop_table("event_counts")
