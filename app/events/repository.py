@@ -45,6 +45,8 @@ class NewImpression:
 # One statement, one round trip: the rows travel as one JSON document (parsed in C on the server, where
 # psycopg's text arrays cost ~4 ms of Python quoting per 500 events); unknown users and items are created by
 # data-modifying CTEs (always executed), in sorted order so that concurrent batches cannot deadlock on them.
+# The rows actually stored (RETURNING: duplicates left out) are added to the per-minute rollup `event_counts`
+# in the same statement, its rows updated in (minute, type) order for the same reason.
 _PG_INSERT_BATCH = text(
     "WITH new_users AS ("
     " INSERT INTO users (user_id, attributes, created_at, updated_at)"
@@ -54,14 +56,13 @@ _PG_INSERT_BATCH = text(
     " INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at)"
     " SELECT i, '[]', '[]', true, false, '{}', now(), now() FROM json_array_elements_text(CAST(:items AS json)) AS i"
     " ON CONFLICT (item_id) DO NOTHING"
-    ") "
     "), stored AS ("
     " INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id)"
     " SELECT e, u, i, t, v, ts, r FROM json_to_recordset(CAST(:events AS json))"
     " AS x(e text, u text, i text, t text, v float8, ts timestamptz, r text)"
     " ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
     " RETURNING type, ts"
-    "), counted AS ("  # the per-minute rollup of the rows actually stored (ordered: a fixed lock order)
+    "), counted AS ("
     " INSERT INTO event_counts (bucket_start, type, count)"
     " SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) FROM stored"
     " GROUP BY 1, 2 ORDER BY 1, 2"
