@@ -62,7 +62,12 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
 }
-STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".LICENSE": "text/plain"}
+STATIC_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+    ".LICENSE": "text/plain",
+}
 FINISHED = frozenset({"succeeded", "failed"})
 MAX_FORM_BYTES = 16_384
 
@@ -219,15 +224,14 @@ async def login(request: Request) -> Response:
         known, scopes = state.keys.cached(key)
         if not known:
             scopes = await run_in_threadpool(state.keys.lookup, key)
+    # a refusal is the form again with its message, answered 200: a browser logs no console error for it
     if scopes is None:
-        return render("login.html", status=401, error="Unknown or revoked key.")
+        return render("login.html", error="Unknown or revoked key.")
     if not scopes & VIEW_SCOPES:
-        return render(
-            "login.html", status=403, error="This key has neither the admin nor the dashboard scope."
-        )
+        return render("login.html", error="This key has neither the admin nor the dashboard scope.")
     ident = await run_in_threadpool(state.keys.identify, key)
     if ident is None:
-        return render("login.html", status=401, error="Unknown or revoked key.")
+        return render("login.html", error="Unknown or revoked key.")
     lifetime = state.settings.dashboard_session_s
     session = new_session(ident, scopes, lifetime)
     value = sign(await run_in_threadpool(secret_of, state), session)

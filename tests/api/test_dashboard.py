@@ -91,18 +91,21 @@ def test_every_page_without_a_session_redirects_to_the_login_form(web: TestClien
     assert form.status_code == 200
     html = form.text
     assert '<form id="login-form" method="post" action="/dashboard/login"' in html
-    assert '<input id="key" name="key" type="password"' in html and 'id="login-submit"' in html
+    assert '<input id="key" name="key" type="password"' in html and 'id="login-error"' not in html and 'id="login-submit"' in html
     assert 'id="nav"' not in html  # no navigation before signing in
 
 
 def test_login_logout_and_the_cookie(web: TestClient) -> None:
     wrong = web.post("/dashboard/login", data={"key": "not-a-key"}, follow_redirects=False)
-    assert wrong.status_code == 401 and 'id="login-error"' in wrong.text and COOKIE not in wrong.cookies
+    # refused: the form again with the message (200: a browser logs no console error for it), no cookie
+    assert wrong.status_code == 200 and 'id="login-error"' in wrong.text and COOKIE not in wrong.cookies
+    assert "Unknown or revoked key" in wrong.text and "not-a-key" not in wrong.text
     empty = web.post("/dashboard/login", data={}, follow_redirects=False)
-    assert empty.status_code == 401 and 'id="login-error"' in empty.text
+    assert empty.status_code == 200 and 'id="login-error"' in empty.text
     for key in (READ_KEY, INGEST_KEY):  # a key, but not one for the dashboard
         refused = web.post("/dashboard/login", data={"key": key}, follow_redirects=False)
-        assert refused.status_code == 403 and 'id="login-error"' in refused.text
+        assert refused.status_code == 200 and 'id="login-error"' in refused.text and "scope" in refused.text
+        assert not refused.headers.get_list("set-cookie")
 
     response = web.post("/dashboard/login", data={"key": ADMIN_KEY}, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/dashboard"
