@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BEARER, get_state, require
+from app.api.deps import BEARER, ErrorOut, get_state, require
 from app.api.state import AppState
 from app.dashboard.auth import current_session
 from app.db.tables import EventCount, Item, ModelVersion, User
@@ -50,7 +50,14 @@ async def admin_or_session(
     return session.scopes
 
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(admin_or_session)])
+router = APIRouter(
+    tags=["admin"],
+    dependencies=[Depends(admin_or_session)],
+    responses={
+        401: {"model": ErrorOut, "description": "no, unknown or revoked API key (and no dashboard session)"},
+        403: {"model": ErrorOut, "description": "the key lacks the admin scope"},
+    },
+)
 
 
 def _utc(ts: datetime | None) -> datetime | None:
@@ -259,25 +266,32 @@ def _is_baseline(name: str) -> bool:
     return "mostpop" in lowered or "ease" in lowered or "baseline" in lowered
 
 
-@router.get("/v1/admin/stats/events")
-async def stats_events(request: Request) -> dict[str, Any]:
-    """Events per minute (or per `bucket` seconds) by type over the last hour (`window=1h`) or day (`24h`)."""
+@router.get(
+    "/v1/admin/stats/events",
+    responses={422: {"model": ErrorOut, "description": "window or bucket is invalid; the message names it"}},
+)
+async def stats_events(
+    request: Request,
+    window: Annotated[str, Query(max_length=8, description="1h or 24h")] = "1h",
+    bucket: Annotated[
+        str, Query(max_length=8, description="seconds per point: a multiple of 60 from 60 to 3600")
+    ] = "60",
+) -> dict[str, Any]:
+    """Events per minute (or per `bucket` seconds) by type over the last hour (`window=1h`) or day (`24h`),
+    from the per-minute rollup ingestion keeps (`times`: each bucket's start, epoch seconds)."""
     state = get_state(request)
-    query = request.query_params
-    window = query.get("window", "1h")
     if window not in WINDOWS:
         raise _invalid("window", f"must be one of {', '.join(WINDOWS)} (got {window[:40]!r})")
-    raw = query.get("bucket", "60")
     try:
-        bucket = int(raw)
+        seconds = int(bucket)
     except ValueError:
-        raise _invalid("bucket", f"must be a whole number of seconds (got {raw[:40]!r})") from None
-    if bucket < 60 or bucket > 3600 or bucket % 60:
-        raise _invalid("bucket", f"must be a multiple of 60 from 60 to 3600 (got {bucket})")
+        raise _invalid("bucket", f"must be a whole number of seconds (got {bucket[:40]!r})") from None
+    if seconds < 60 or seconds > 3600 or seconds % 60:
+        raise _invalid("bucket", f"must be a multiple of 60 from 60 to 3600 (got {seconds})")
 
     def work() -> dict[str, Any]:
         with state.sessions() as session:
-            return event_series(session, window, bucket)
+            return event_series(session, window, seconds)
 
     return await run_in_threadpool(work)
 

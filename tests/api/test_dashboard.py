@@ -91,7 +91,11 @@ def test_every_page_without_a_session_redirects_to_the_login_form(web: TestClien
     assert form.status_code == 200
     html = form.text
     assert '<form id="login-form" method="post" action="/dashboard/login"' in html
-    assert '<input id="key" name="key" type="password"' in html and 'id="login-error"' not in html and 'id="login-submit"' in html
+    assert (
+        '<input id="key" name="key" type="password"' in html
+        and 'id="login-error"' not in html
+        and 'id="login-submit"' in html
+    )
     assert 'id="nav"' not in html  # no navigation before signing in
 
 
