@@ -194,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dashboard_pages,
     ):
         app.include_router(module.router)
+    app.add_middleware(dashboard_pages.DashboardHeaders)
     app.add_middleware(AckAfterFence)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_manual_bodies(app)

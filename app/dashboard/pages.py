@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.deps import get_state
 from app.api.routes import admin as admin_routes
@@ -30,6 +31,7 @@ from app.dashboard import stats
 from app.dashboard.auth import (
     COOKIE,
     COOKIE_PATHS,
+    PAGE_PATH,
     VIEW_SCOPES,
     DashSession,
     csrf_ok,
@@ -104,6 +106,30 @@ class DashboardRoute(APIRoute):
 
 
 router = APIRouter(tags=["dashboard"], route_class=DashboardRoute, include_in_schema=False)
+
+
+class DashboardHeaders:
+    """Pure ASGI: the security headers on every answer under /dashboard, also the ones no dashboard route
+    wrote (a 404, an error rendered by the app's handlers)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        self.names = {k for k, _ in self.headers}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == PAGE_PATH or path.startswith(PAGE_PATH + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in self.names]
+                message = {**message, "headers": kept + self.headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _fmt_ts(value: Any) -> str:

@@ -99,27 +99,40 @@ def event_series(session: Session, window: str, bucket_s: int, now: datetime | N
     }
 
 
+def _estimate(session: Session, table: str) -> int | None:
+    """PostgreSQL's planner estimate of a table's rows when it is large (None on SQLite or when small)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    estimate = session.scalar(
+        text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
+    )
+    return int(estimate) if estimate is not None and estimate >= EXACT_COUNT_UNDER else None
+
+
 def _count(session: Session, table: type[User] | type[Item]) -> tuple[int, str]:
-    if session.get_bind().dialect.name == "postgresql":
-        estimate = session.scalar(
-            text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"),
-            {"t": table.__tablename__},
-        )
-        if estimate is not None and estimate >= EXACT_COUNT_UNDER:
-            return int(estimate), "estimate"
+    estimate = _estimate(session, table.__tablename__)
+    if estimate is not None:
+        return estimate, "estimate"
     return int(session.scalar(select(func.count()).select_from(table)) or 0), "exact"
 
 
 def counts(session: Session) -> dict[str, Any]:
-    """Users and items (count(*), or PostgreSQL's estimate when large) and events (the rollup's sum)."""
+    """Users and items: count(*), or PostgreSQL's estimate once large. Events: the rollup's sum (every event
+    ingested; erasures are not subtracted), or the estimate of the events table once the rollup itself is large
+    (a long history of minutes), so the overview stays cheap."""
     users, users_how = _count(session, User)
     items, items_how = _count(session, Item)
-    events = int(session.scalar(select(func.coalesce(func.sum(EventCount.count), 0))) or 0)
+    events_how = "rollup"
+    estimate = _estimate(session, "event_counts") and _estimate(session, "events")
+    if estimate:
+        events, events_how = estimate, "estimate"
+    else:
+        events = int(session.scalar(select(func.coalesce(func.sum(EventCount.count), 0))) or 0)
     return {
         "users": users,
         "items": items,
         "events": events,
-        "how": {"users": users_how, "items": items_how, "events": "rollup"},
+        "how": {"users": users_how, "items": items_how, "events": events_how},
     }
 
 

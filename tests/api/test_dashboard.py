@@ -235,6 +235,7 @@ def test_security_headers_on_every_dashboard_answer(web: TestClient) -> None:
     sign_in(web)
     answers += [web.get(p) for p in PAGES]
     answers += [web.get("/dashboard/static/htmx.min.js"), web.get("/dashboard/static/dashboard.css")]
+    answers += [web.get("/dashboard/nothing-here"), web.get("/dashboard/jobs/nope/progress")]  # 404s
     answers += [web.post("/dashboard/retrain", data={"mode": "full"})]  # 403: no CSRF token
     for response in answers:
         assert response.headers["content-security-policy"] == CSP, response.url
