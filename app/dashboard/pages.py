@@ -298,10 +298,22 @@ def _models(state: AppState) -> dict[str, Any]:
         rows = registry.list_versions(session)
         open_job = jobs.open_job(session)
         job = jobs.job_summary(open_job) if open_job is not None else None
+        job_ids = [r.job_id for r in rows if r.job_id]
+        verdicts = (
+            {  # the gate's verdict is kept in the job that made the version
+                job_id: (metrics or {}).get("gate")
+                for job_id, metrics in session.execute(
+                    select(TrainingJob.job_id, TrainingJob.metrics).where(TrainingJob.job_id.in_(job_ids))
+                ).all()
+            }
+            if job_ids
+            else {}
+        )
     models = []
     for row in rows:
         metrics = dict(row.metrics or {})
-        gate = metrics.get("gate") if isinstance(metrics.get("gate"), dict) else None
+        gate = metrics.get("gate") or verdicts.get(row.job_id or "")
+        gate = gate if isinstance(gate, dict) else None
         models.append(
             {
                 "version": row.version,

@@ -506,7 +506,7 @@ def test_models_page_activate_and_retrain(
     newer, older = rows[0][0], rows[1][0]
     assert f'<button type="button" class="activate" data-version="{older}"' in page
     assert f'class="activate" data-version="{newer}"' not in page  # the active one has none
-    assert "hx-confirm=" in page
+    assert "hx-confirm=" in page and "<strong>accepted</strong>" in page  # the gate's verdict, from the job
     chart = web.get("/v1/admin/stats/models").json()["versions"]
     assert [v["version"] for v in chart] == [older, newer] and all(v["ndcg10"] is not None for v in chart)
 
