@@ -404,8 +404,9 @@ async def retrain(request: Request) -> Response:
 
 @router.get("/dashboard/jobs/{job_id}/progress")
 async def job_progress(job_id: str, request: Request) -> Response:
-    """The live progress fragment of one job (htmx polls it every second until the job is finished)."""
-    await need_session(request)
+    """The live progress fragment of one job (htmx polls it every second until the job is finished; the
+    answer that says it finished also brings the versions table, swapped out of band)."""
+    session = await need_session(request)
     state = get_state(request)
 
     def work() -> dict[str, Any] | None:
@@ -416,7 +417,11 @@ async def job_progress(job_id: str, request: Request) -> Response:
     job = await run_in_threadpool(work)
     if job is None:
         return render("message.html", status=404, title="Not found", message=f"job {job_id!r} not found")
-    return render("job_progress.html", job=job, finished=job["status"] in FINISHED)
+    finished = job["status"] in FINISHED
+    models = None
+    if finished and request.headers.get("hx-request"):  # the last poll: the versions table too (out of band)
+        models = (await run_in_threadpool(_models, state))["models"]
+    return render("job_progress.html", job=job, finished=finished, oob_models=models, can_act=session.can_act)
 
 
 def _jobs(state: AppState) -> dict[str, Any]:

@@ -497,6 +497,8 @@ def test_models_page_activate_and_retrain(
     assert Worker(dash_settings.model_copy(update=quick), sessions).run(once=True) == 1
     done = web.get(f"/dashboard/jobs/{job_id}/progress")
     assert '<strong id="job-status">succeeded</strong>' in done.text and "hx-trigger" not in done.text
+    polled = web.get(f"/dashboard/jobs/{job_id}/progress", headers={"HX-Request": "true"}).text
+    assert '<table id="models" hx-swap-oob="true">' in polled and 'class="model"' in polled
     web.post("/v1/admin/retrain", headers=auth(ADMIN_KEY))
     assert Worker(dash_settings.model_copy(update=quick), sessions).run(once=True) == 1
 
