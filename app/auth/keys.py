@@ -126,25 +126,26 @@ class KeyVerifier:
                 self._memo[hashed] = (time.monotonic(), scopes)
         return scopes
 
-    def identify(self, key: str) -> str | None:
-        """A name for a verified key that is not the key: `db:<id>` for a stored key, `static:<digest
-        prefix>` for a configured one (a dashboard session holds it, never the key); None when unknown."""
+    def identify(self, key: str, pepper: bytes = b"") -> str | None:
+        """A name for a verified key that is not the key: `db:<id>` for a stored key, `static:<keyed digest>`
+        for a configured one (HMAC of its digest under `pepper`, so that the name tells nothing about the key
+        without it); None when unknown. A dashboard session holds it, never the key."""
         hashed = digest(key)
         for stored in self._static:
             if hmac.compare_digest(stored, hashed):
-                return f"static:{hashed[:16]}"
+                return f"static:{_static_name(stored, pepper)}"
         with self._sessions() as session:
             key_id = session.scalar(
                 select(ApiKey.id).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
             )
         return None if key_id is None else f"db:{key_id}"
 
-    def still_valid(self, ident: str) -> bool:
+    def still_valid(self, ident: str, pepper: bytes = b"") -> bool:
         """Whether the key `identify` named is still configured or stored unrevoked (a stored key's answer is
         remembered for the key cache time, like `lookup`'s)."""
         kind, _, value = ident.partition(":")
         if kind == "static":
-            return any(hmac.compare_digest(stored[:16], value) for stored in self._static)
+            return any(hmac.compare_digest(_static_name(stored, pepper), value) for stored in self._static)
         if kind != "db" or not value.isdigit():
             return False
         key_id = int(value)
@@ -179,6 +180,10 @@ class KeyVerifier:
                 self._memo.clear()
             else:
                 self._memo.pop(key_hash, None)
+
+
+def _static_name(stored_digest: str, pepper: bytes) -> str:
+    return hmac.new(pepper, stored_digest.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -1,7 +1,7 @@
 """Dashboard sign-in: signed session cookies (HMAC-SHA256), CSRF tokens, the checks every page makes.
 
 A cookie holds `{"k": key ident, "s": scopes, "e": expiry (epoch s), "c": csrf nonce}` as base64url JSON plus
-its HMAC-SHA256 signature; never the key. The ident (`db:<id>` or `static:<digest prefix>`) is re-checked on
+its HMAC-SHA256 signature; never the key. The ident (`db:<id>`, or `static:<HMAC of the key's digest under the cookie secret>`) is re-checked on
 each request (memoized for RECO_KEY_CACHE_SECONDS), so a revoked key's sessions end with it.
 """
 
@@ -133,7 +133,7 @@ async def current_session(request: Request) -> DashSession | None:
     session = unsign(secret, value)
     if session is None or not (session.scopes & VIEW_SCOPES):
         return None
-    if not await run_in_threadpool(state.keys.still_valid, session.ident):
+    if not await run_in_threadpool(state.keys.still_valid, session.ident, secret):
         return None
     return session
 

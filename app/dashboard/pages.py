@@ -255,12 +255,13 @@ async def login(request: Request) -> Response:
         return render("login.html", error="Unknown or revoked key.")
     if not scopes & VIEW_SCOPES:
         return render("login.html", error="This key has neither the admin nor the dashboard scope.")
-    ident = await run_in_threadpool(state.keys.identify, key)
+    secret = await run_in_threadpool(secret_of, state)
+    ident = await run_in_threadpool(state.keys.identify, key, secret)
     if ident is None:
         return render("login.html", error="Unknown or revoked key.")
     lifetime = state.settings.dashboard_session_s
     session = new_session(ident, scopes, lifetime)
-    value = sign(await run_in_threadpool(secret_of, state), session)
+    value = sign(secret, session)
     response = RedirectResponse("/dashboard", status_code=303)
     _set_cookie(response, request, value, lifetime)
     return response

@@ -4,6 +4,7 @@ DOM contract, and the /v1/admin/stats JSON (admin keys or a session), fed by the
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -154,6 +155,7 @@ def test_forged_tampered_and_expired_cookies_are_refused(
     secret = stored_secret(sessions)  # RECO_DASHBOARD_SECRET unset: the database's, shared by every process
     session = unsign(secret, good)
     assert session is not None and session.scopes == {"admin"} and session.ident.startswith("static:")
+    assert hashlib.sha256(ADMIN_KEY.encode()).hexdigest()[:8] not in session.ident  # keyed: not its digest
     payload, _, mac = good.partition(".")
     admin_forever = DashSession(session.ident, frozenset({"admin"}), int(time.time()) + 10**8, session.csrf)
     forged = sign(b"another-secret-0123456789", admin_forever)
