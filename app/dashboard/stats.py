@@ -118,7 +118,7 @@ def _count(session: Session, table: type[User] | type[Item]) -> tuple[int, str]:
 
 def counts(session: Session) -> dict[str, Any]:
     """Users and items: count(*), or PostgreSQL's estimate once large. Events: the rollup's sum (every event
-    ingested; erasures are not subtracted), or the estimate of the events table once the rollup itself is large
+    stored, less those erased), or the estimate of the events table once the rollup itself is large
     (a long history of minutes), so the overview stays cheap."""
     users, users_how = _count(session, User)
     items, items_how = _count(session, Item)

@@ -219,8 +219,31 @@ def count_for_user(session: Session, user_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Event).where(Event.user_id == user_id)) or 0)
 
 
+_PG_USER_MINUTES = text(
+    "SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) AS n "
+    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_SQLITE_USER_MINUTES = text(
+    "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts) AS b, type, count(*) AS n "
+    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_UNCOUNT = text("UPDATE event_counts SET count = max(count - :n, 0) WHERE bucket_start = :b AND type = :type")
+_PG_UNCOUNT = text(
+    "UPDATE event_counts SET count = greatest(count - :n, 0) WHERE bucket_start = :b AND type = :type"
+)
+
+
 def delete_for_user(session: Session, user_id: str) -> int:
-    """Erase every event and impression of a user; returns how many events."""
+    """Erase every event and impression of a user; returns how many events. The per-minute rollup loses the
+    erased events too (one indexed read of the user's events, then its rows in (minute, type) order)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    minutes = session.execute(
+        _PG_USER_MINUTES if postgres else _SQLITE_USER_MINUTES, {"user_id": user_id}
+    ).all()
+    if minutes:
+        session.execute(
+            _PG_UNCOUNT if postgres else _UNCOUNT, [{"b": r.b, "type": r.type, "n": r.n} for r in minutes]
+        )
     session.execute(delete(Impression).where(Impression.user_id == user_id))
     result = session.execute(delete(Event).where(Event.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]

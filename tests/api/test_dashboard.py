@@ -373,6 +373,14 @@ def test_ingestion_keeps_the_per_minute_rollup(web: TestClient, sessions: sessio
         "events": 6,
         "how": {"users": "exact", "items": "exact", "events": "rollup"},
     }
+    assert web.delete("/v1/users/u2", headers=auth(ADMIN_KEY)).status_code == 204  # erasure: uncounted too
+    day = web.get("/v1/admin/stats/events?window=24h", headers=auth(ADMIN_KEY)).json()
+    assert (
+        day["total"] == 4
+        and sum(day["series"]["click"]) == 1
+        and sum(day["series"].get("purchase", [0])) == 0
+    )
+    assert web.get("/v1/admin/stats/overview", headers=auth(ADMIN_KEY)).json()["counts"]["events"] == 4
 
 
 def test_latency_quantiles_from_the_request_histogram(web: TestClient) -> None:
