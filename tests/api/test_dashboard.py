@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.app import create_app
+from app.auth.keys import allows, parse_scopes
 from app.dashboard.auth import COOKIE, DashSession, sign, stored_secret, unsign
 from app.dashboard.pages import CSP
 from app.dashboard.stats import histogram_quantile
@@ -535,3 +536,9 @@ def test_models_page_activate_and_retrain(
     assert f'<span id="active-model" class="value">{older}</span>' in overview
     jobs = web.get("/dashboard/jobs").text
     assert jobs.count('class="job"') == 2 and 'data-status="succeeded"' in jobs
+
+
+def test_the_dashboard_scope_is_a_scope_of_its_own() -> None:
+    assert parse_scopes("dashboard") == {"dashboard"}  # `reco keys create --scopes dashboard`
+    assert not allows(frozenset({"dashboard"}), "read") and not allows(frozenset({"dashboard"}), "admin")
+    assert allows(frozenset({"admin"}), "dashboard")
