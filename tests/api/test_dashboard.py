@@ -382,6 +382,11 @@ def test_ingestion_keeps_the_per_minute_rollup(web: TestClient, sessions: sessio
         and sum(day["series"].get("purchase", [0])) == 0
     )
     assert web.get("/v1/admin/stats/overview", headers=auth(ADMIN_KEY)).json()["counts"]["events"] == 4
+    sign_in(web)
+    html = web.get("/dashboard").text
+    assert '<span id="count-users" class="value">2</span>' in html  # the erased user is gone
+    assert '<span id="count-items" class="value">3</span>' in html
+    assert '<span id="count-events" class="value">4</span>' in html
 
 
 def test_latency_quantiles_from_the_request_histogram(web: TestClient) -> None:
