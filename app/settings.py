@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         default=60.0, ge=0, allow_inf_nan=False, description="how long a verified API key is remembered"
     )
+    dashboard_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="signs dashboard session cookies (HMAC-SHA256); unset: a random secret made once and kept "
+        "in the database, shared by every process",
+    )
+    dashboard_session_s: int = Field(
+        default=8 * 3600, ge=60, le=30 * 86400, description="how long a dashboard sign-in lasts"
+    )
     key_outage_grace_s: float = Field(
         default=300.0,
         ge=0,
@@ -384,7 +393,7 @@ class Settings(BaseSettings):
         return out
 
 
-SECRET_FIELDS = frozenset({"api_keys"})  # their values are never echoed in messages
+SECRET_FIELDS = frozenset({"api_keys", "dashboard_secret"})  # their values are never echoed in messages
 
 
 def load_settings(**overrides: object) -> Settings:

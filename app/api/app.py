@@ -23,6 +23,8 @@ from app.api.state import AppState
 from app.auth.keys import KeyVerifier
 from app.cache import make_cache
 from app.catalog.schemas import ItemBatchIn
+from app.dashboard import pages as dashboard_pages
+from app.dashboard import stats as dashboard_stats
 from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, read
 from app.db.migrate import upgrade
 from app.events.repository import shown_often
@@ -180,8 +182,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
-    for module in (ops, events, items, users, recommendations, admin, merch):
+    for module in (
+        ops,
+        events,
+        items,
+        users,
+        recommendations,
+        admin,
+        merch,
+        dashboard_stats,
+        dashboard_pages,
+    ):
         app.include_router(module.router)
+    app.add_middleware(dashboard_pages.DashboardHeaders)
     app.add_middleware(AckAfterFence)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _document_manual_bodies(app)

@@ -37,3 +37,4 @@ class AppState:
     db_probe: DatabaseProbe  # whether the database answers, known without waiting on it
     training: TrainingJobs  # training-job metrics, refreshed in the background
     book: PlacementBook  # placements and experiments in force (app/rules/book.py)
+    dashboard_secret: bytes | None = None  # signs dashboard cookies: read once (app/dashboard/auth.py)

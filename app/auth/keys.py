@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import ApiKey
 
-SCOPES = ("ingest", "read", "admin")
+SCOPES = ("ingest", "read", "admin", "dashboard")
+"""`dashboard`: sign in to the operator's dashboard and view it (read-only); `admin` may also act there."""
 KEY_PREFIX = "reco_"
 
 
@@ -78,6 +79,7 @@ class KeyVerifier:
         self._generation = 0  # bumped by every forget()
         self._lock = threading.Lock()
         self.outage_accepts = 0  # keys accepted from memory because the database could not be read
+        self._ids: dict[int, tuple[float, bool]] = {}  # key id -> (checked at (monotonic), still valid)
 
     def cached(self, key: str) -> tuple[bool, frozenset[str] | None]:
         """(known, scopes) from memory without touching the database."""
@@ -124,14 +126,64 @@ class KeyVerifier:
                 self._memo[hashed] = (time.monotonic(), scopes)
         return scopes
 
+    def identify(self, key: str, pepper: bytes = b"") -> str | None:
+        """A name for a verified key that is not the key: `db:<id>` for a stored key, `static:<keyed digest>`
+        for a configured one (HMAC of its digest under `pepper`, so that the name tells nothing about the key
+        without it); None when unknown. A dashboard session holds it, never the key."""
+        hashed = digest(key)
+        for stored in self._static:
+            if hmac.compare_digest(stored, hashed):
+                return f"static:{_static_name(stored, pepper)}"
+        with self._sessions() as session:
+            key_id = session.scalar(
+                select(ApiKey.id).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
+            )
+        return None if key_id is None else f"db:{key_id}"
+
+    def still_valid(self, ident: str, pepper: bytes = b"") -> bool:
+        """Whether the key `identify` named is still configured or stored unrevoked (a stored key's answer is
+        remembered for the key cache time, like `lookup`'s)."""
+        kind, _, value = ident.partition(":")
+        if kind == "static":
+            return any(hmac.compare_digest(_static_name(stored, pepper), value) for stored in self._static)
+        if kind != "db" or not value.isdigit():
+            return False
+        key_id = int(value)
+        with self._lock:
+            entry = self._ids.get(key_id)
+            generation = self._generation
+        if entry and time.monotonic() - entry[0] < self._ttl:
+            return entry[1]
+        try:
+            with self._sessions() as session:
+                valid = (
+                    session.scalar(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+                    is not None
+                )
+        except (OperationalError, InterfaceError, PoolTimeout, DBAPIError):
+            if entry and entry[1] and time.monotonic() - entry[0] < self._grace:
+                return True
+            raise
+        with self._lock:
+            if generation == self._generation:
+                if len(self._ids) > 10_000:
+                    self._ids.clear()
+                self._ids[key_id] = (time.monotonic(), valid)
+        return valid
+
     def forget(self, key_hash: str | None = None) -> None:
         """Drop a key's memory (by digest; all keys when None), so a revocation holds at once here."""
         with self._lock:
             self._generation += 1
+            self._ids.clear()  # cheap to refill: one indexed read per signed-in key
             if key_hash is None:
                 self._memo.clear()
             else:
                 self._memo.pop(key_hash, None)
+
+
+def _static_name(stored_digest: str, pepper: bytes) -> str:
+    return hmac.new(pepper, stored_digest.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -284,5 +284,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"try: curl -H 'Authorization: Bearer {key}' "
             f"http://{args.host}:{args.port}/v1/users/u00001/recommendations?k=5"
         )
+        print(f"dashboard: open http://{args.host}:{args.port}/dashboard and sign in with the key above")
         run_server(args.host, args.port, args.workers)
     return 0

@@ -25,7 +25,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="create a key",
         description="Create an API key; it is printed once, alone on the last line, and stored hashed.",
     )
-    create.add_argument("--scopes", required=True, help="comma-separated: ingest,read,admin")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: ingest,read,admin,dashboard (dashboard: view the dashboard only)",
+    )
     create.add_argument("--name", default=None, help="a label to recognise the key by")
     create.set_defaults(handler=cmd_keys_create)
     listing = key_commands.add_parser(

@@ -94,7 +94,30 @@ class Event(Base):
         Index("uq_events_event_id", "event_id", unique=True),
         Index("ix_events_user_ts", "user_id", "ts"),
         Index("ix_events_recommendation_id", "recommendation_id"),
+        Index("ix_events_item_id", "item_id", "type"),  # the dashboard's item inspector (migration 0008)
     )
+
+
+class EventCount(Base):
+    """Events stored per minute (of their timestamp) and type: a rollup ingestion keeps in the same
+    transaction as the events (migration 0008), so the dashboard's charts never scan the event table."""
+
+    __tablename__ = "event_counts"
+
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class DashboardSecret(Base):
+    """One row: the secret that signs dashboard session cookies when RECO_DASHBOARD_SECRET is unset, made
+    by the first process that needed it (migration 0008)."""
+
+    __tablename__ = "dashboard_secret"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiKey(Base):
@@ -224,4 +247,5 @@ class Impression(Base):
         Index("uq_impressions_rec_item", "recommendation_id", "item_id", unique=True),
         Index("ix_impressions_user_ts", "user_id", "ts"),
         Index("ix_impressions_experiment", "experiment", "variant"),
+        Index("ix_impressions_item_id", "item_id"),  # the dashboard's item inspector (migration 0008)
     )

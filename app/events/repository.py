@@ -45,6 +45,8 @@ class NewImpression:
 # One statement, one round trip: the rows travel as one JSON document (parsed in C on the server, where
 # psycopg's text arrays cost ~4 ms of Python quoting per 500 events); unknown users and items are created by
 # data-modifying CTEs (always executed), in sorted order so that concurrent batches cannot deadlock on them.
+# The rows actually stored (RETURNING: duplicates left out) are added to the per-minute rollup `event_counts`
+# in the same statement, its rows updated in (minute, type) order for the same reason.
 _PG_INSERT_BATCH = text(
     "WITH new_users AS ("
     " INSERT INTO users (user_id, attributes, created_at, updated_at)"
@@ -54,11 +56,26 @@ _PG_INSERT_BATCH = text(
     " INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at)"
     " SELECT i, '[]', '[]', true, false, '{}', now(), now() FROM json_array_elements_text(CAST(:items AS json)) AS i"
     " ON CONFLICT (item_id) DO NOTHING"
+    "), stored AS ("
+    " INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id)"
+    " SELECT e, u, i, t, v, ts, r FROM json_to_recordset(CAST(:events AS json))"
+    " AS x(e text, u text, i text, t text, v float8, ts timestamptz, r text)"
+    " ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+    " RETURNING type, ts"
+    "), counted AS ("
+    " INSERT INTO event_counts (bucket_start, type, count)"
+    " SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) FROM stored"
+    " GROUP BY 1, 2 ORDER BY 1, 2"
+    " ON CONFLICT (bucket_start, type) DO UPDATE SET count = event_counts.count + excluded.count"
     ") "
-    "INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id) "
-    "SELECT e, u, i, t, v, ts, r FROM json_to_recordset(CAST(:events AS json)) "
-    "AS x(e text, u text, i text, t text, v float8, ts timestamptz, r text) "
-    "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+    "SELECT count(*) FROM stored"
+)
+
+# SQLite has one writer: the rows above the highest id read after taking the write lock are this batch's.
+_SQLITE_COUNT = (
+    "INSERT INTO event_counts (bucket_start, type, count) "
+    "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts) AS b, type, count(*) FROM events WHERE id > ? "
+    "GROUP BY 1, 2 ON CONFLICT (bucket_start, type) DO UPDATE SET count = event_counts.count + excluded.count"
 )
 
 
@@ -68,7 +85,9 @@ def _sqlite_ts(ts: datetime) -> str:
 
 
 def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
-    """Insert events, skipping event_ids already stored; create unknown users and items. Returns rows stored."""
+    """Insert events, skipping event_ids already stored; create unknown users and items; add the stored ones
+    to the per-minute rollup (`event_counts`) in the same statement (PostgreSQL) or transaction (SQLite).
+    Returns rows stored."""
     if not events:
         return 0
     users = sorted({e.user_id for e in events})  # a fixed lock order: concurrent batches cannot deadlock
@@ -94,7 +113,7 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
                 "events": orjson.dumps(rows).decode(),
             },
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(result.scalar_one())
     conn = session.connection()
     now = _sqlite_ts(datetime.now(UTC))
     conn.exec_driver_sql(
@@ -106,7 +125,8 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
         "INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at) "
         "VALUES (?, '[]', '[]', 1, 0, '{}', ?, ?) ON CONFLICT (item_id) DO NOTHING",
         [(i, now, now) for i in items],
-    )
+    )  # the write lock is held from here on
+    before = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM events").scalar_one()
     cursor = conn.exec_driver_sql(
         "INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id) "
         "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
@@ -115,7 +135,10 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
             for e in events
         ],
     )
-    return int(cursor.rowcount)
+    stored = int(cursor.rowcount)
+    if stored:
+        conn.exec_driver_sql(_SQLITE_COUNT, (before,))
+    return stored
 
 
 def insert_impressions(session: Session, impressions: Sequence[NewImpression]) -> tuple[int, int]:
@@ -196,8 +219,31 @@ def count_for_user(session: Session, user_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Event).where(Event.user_id == user_id)) or 0)
 
 
+_PG_USER_MINUTES = text(
+    "SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) AS n "
+    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_SQLITE_USER_MINUTES = text(
+    "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts) AS b, type, count(*) AS n "
+    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_UNCOUNT = text("UPDATE event_counts SET count = max(count - :n, 0) WHERE bucket_start = :b AND type = :type")
+_PG_UNCOUNT = text(
+    "UPDATE event_counts SET count = greatest(count - :n, 0) WHERE bucket_start = :b AND type = :type"
+)
+
+
 def delete_for_user(session: Session, user_id: str) -> int:
-    """Erase every event and impression of a user; returns how many events."""
+    """Erase every event and impression of a user; returns how many events. The per-minute rollup loses the
+    erased events too (one indexed read of the user's events, then its rows in (minute, type) order)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    minutes = session.execute(
+        _PG_USER_MINUTES if postgres else _SQLITE_USER_MINUTES, {"user_id": user_id}
+    ).all()
+    if minutes:
+        session.execute(
+            _PG_UNCOUNT if postgres else _UNCOUNT, [{"b": r.b, "type": r.type, "n": r.n} for r in minutes]
+        )
     session.execute(delete(Impression).where(Impression.user_id == user_id))
     result = session.execute(delete(Event).where(Event.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]

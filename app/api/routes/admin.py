@@ -146,7 +146,7 @@ def create_api_key(
         isinstance(scopes_in, list) and not all(isinstance(s, str) for s in scopes_in)
     ):
         raise ValidationFailed(
-            "scopes: must be a list of ingest, read, admin",
+            "scopes: must be a list of ingest, read, admin, dashboard",
             details=[{"loc": ["scopes"], "msg": "is required"}],
         )
     if name is not None and (not isinstance(name, str) or len(name) > 128 or "\x00" in name):
