@@ -100,12 +100,16 @@ class Event(Base):
 
 class EventCount(Base):
     """Events stored per minute (of their timestamp) and type: a rollup ingestion keeps in the same
-    transaction as the events (migration 0008), so the dashboard's charts never scan the event table."""
+    transaction as the events (migration 0008), so the dashboard's charts never scan the event table.
+
+    Append-only deltas (one row per batch, minute and type; negative for an erasure), summed on read:
+    concurrent ingest transactions never wait on a shared (minute, type) row."""
 
     __tablename__ = "event_counts"
 
-    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    type: Mapped[str] = mapped_column(String(32))
     count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 

@@ -46,7 +46,7 @@ class NewImpression:
 # psycopg's text arrays cost ~4 ms of Python quoting per 500 events); unknown users and items are created by
 # data-modifying CTEs (always executed), in sorted order so that concurrent batches cannot deadlock on them.
 # The rows actually stored (RETURNING: duplicates left out) are added to the per-minute rollup `event_counts`
-# in the same statement, its rows updated in (minute, type) order for the same reason.
+# in the same statement, as new delta rows: concurrent batches never wait on one another's (minute, type) row.
 _PG_INSERT_BATCH = text(
     "WITH new_users AS ("
     " INSERT INTO users (user_id, attributes, created_at, updated_at)"
@@ -65,8 +65,7 @@ _PG_INSERT_BATCH = text(
     "), counted AS ("
     " INSERT INTO event_counts (bucket_start, type, count)"
     " SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) FROM stored"
-    " GROUP BY 1, 2 ORDER BY 1, 2"
-    " ON CONFLICT (bucket_start, type) DO UPDATE SET count = event_counts.count + excluded.count"
+    " GROUP BY 1, 2"
     ") "
     "SELECT count(*) FROM stored"
 )
@@ -75,7 +74,7 @@ _PG_INSERT_BATCH = text(
 _SQLITE_COUNT = (
     "INSERT INTO event_counts (bucket_start, type, count) "
     "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts) AS b, type, count(*) FROM events WHERE id > ? "
-    "GROUP BY 1, 2 ON CONFLICT (bucket_start, type) DO UPDATE SET count = event_counts.count + excluded.count"
+    "GROUP BY 1, 2"
 )
 
 
@@ -219,31 +218,23 @@ def count_for_user(session: Session, user_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Event).where(Event.user_id == user_id)) or 0)
 
 
-_PG_USER_MINUTES = text(
-    "SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS b, type, count(*) AS n "
-    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
-)
-_SQLITE_USER_MINUTES = text(
-    "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts) AS b, type, count(*) AS n "
-    "FROM events WHERE user_id = :user_id GROUP BY 1, 2 ORDER BY 1, 2"
-)
-_UNCOUNT = text("UPDATE event_counts SET count = max(count - :n, 0) WHERE bucket_start = :b AND type = :type")
 _PG_UNCOUNT = text(
-    "UPDATE event_counts SET count = greatest(count - :n, 0) WHERE bucket_start = :b AND type = :type"
+    "INSERT INTO event_counts (bucket_start, type, count) "
+    "SELECT date_trunc('minute', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', type, -count(*) "
+    "FROM events WHERE user_id = :user_id GROUP BY 1, 2"
+)
+_UNCOUNT = text(
+    "INSERT INTO event_counts (bucket_start, type, count) "
+    "SELECT strftime('%Y-%m-%d %H:%M:00.000000', ts), type, -count(*) FROM events WHERE user_id = :user_id "
+    "GROUP BY 1, 2"
 )
 
 
 def delete_for_user(session: Session, user_id: str) -> int:
     """Erase every event and impression of a user; returns how many events. The per-minute rollup loses the
-    erased events too (one indexed read of the user's events, then its rows in (minute, type) order)."""
+    erased events too: negative delta rows from one indexed read of the user's events."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    minutes = session.execute(
-        _PG_USER_MINUTES if postgres else _SQLITE_USER_MINUTES, {"user_id": user_id}
-    ).all()
-    if minutes:
-        session.execute(
-            _PG_UNCOUNT if postgres else _UNCOUNT, [{"b": r.b, "type": r.type, "n": r.n} for r in minutes]
-        )
+    session.execute(_PG_UNCOUNT if postgres else _UNCOUNT, {"user_id": user_id})
     session.execute(delete(Impression).where(Impression.user_id == user_id))
     result = session.execute(delete(Event).where(Event.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]

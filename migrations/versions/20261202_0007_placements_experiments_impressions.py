@@ -46,7 +46,9 @@ def upgrade() -> None:
     op.create_index(op.f("ix_experiments_updated_at"), "experiments", ["updated_at"])
     op.create_table(
         "impressions",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("recommendation_id", sa.String(ID), nullable=False),
         sa.Column("user_id", sa.String(ID), nullable=False),
         sa.Column("item_id", sa.String(ID), nullable=False),

@@ -17,13 +17,17 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    op.create_table(  # append-only deltas (one row per batch, minute and type): no hot row to wait on
         "event_counts",
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("bucket_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("bucket_start", "type", name=op.f("pk_event_counts")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_event_counts")),
     )
+    op.create_index("ix_event_counts_bucket_start", "event_counts", ["bucket_start"])
     op.create_table(
         "dashboard_secret",
         sa.Column("id", sa.Integer(), nullable=False),
