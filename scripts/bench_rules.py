@@ -225,16 +225,21 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         "",
     ]
     overhead = ", ".join(
-        f"{(r['median_us']['rules'] - r['median_us']['plain']) / 1e3:.2f} ms at {r['items']:,}" for r in results
+        f"{(r['median_us']['rules'] - r['median_us']['plain']) / 1e3:.2f} ms at {r['items']:,}"
+        for r in results
     )
     first = ", ".join(f"{r['first_answer_ms']['rules']:.1f} ms at {r['items']:,}" for r in results)
     lines += [
-        "Where the time goes and how it grows: the rules add a near-constant amount per answer (" + overhead + "):",
+        "Where the time goes and how it grows: the rules add a near-constant amount per answer ("
+        + overhead
+        + "):",
         "they work on a fixed pool (`RECO_RULES_POOL`, 100 candidates: boosts and promotion masks gathered at the",
         "pool's rows, the greedy diversity walk, the JSON of 10 items), not on the catalog. What grows with the",
         "catalog is the search (flat: items x 260 bytes read per query, bound by one core's memory bandwidth;",
         "IVF above 200k items) and the first answer of each new expression, whose mask is evaluated over every",
-        "item (" + first + ": linear, paid once per expression and catalog revision). With a filter on the flat",
+        "item ("
+        + first
+        + ": linear, paid once per expression and catalog revision). With a filter on the flat",
         "index FAISS scores only the allowed rows (the bitmap selector), which is why `filter` can cost less than",
         "`plain`; on IVF the selector is checked per probed row and the over-fetch shortcut of the plain path",
         "is not available, hence the larger ratio at 1M.",

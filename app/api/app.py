@@ -29,6 +29,7 @@ from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, re
 from app.db.migrate import upgrade
 from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
+from app.events.service import compact_rollup
 from app.fence import AckAfterFence, Fence
 from app.index import IndexConfig
 from app.rules.book import PlacementBook
@@ -100,6 +101,19 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     return state
 
 
+ROLLUP_COMPACT_SECONDS = 30.0  # how often the event rollup's settled deltas are folded
+
+
+def _compact_work(state: AppState) -> Callable[[], None]:
+    def work() -> None:
+        try:
+            compact_rollup(state.sessions)
+        except SQLAlchemyError as exc:  # the database is away: the next pass folds what this one left
+            log.warning("event rollup not compacted: %s", str(exc).splitlines()[0][:200])
+
+    return work
+
+
 def rotation_reader(engine: Engine) -> Callable[[str, RotationIn], list[str]]:
     """Items shown to a user often lately (the impressions table), for placements with rotation."""
 
@@ -144,12 +158,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fence_poller = Poller("reco-fence-poll", settings.cache_fence_lease_s / 4, state.fence.refresh)
         db_poller = Poller("reco-db-probe", 1.0, state.db_probe.check)
         metrics_poller = Poller("reco-metrics-poll", settings.metrics_poll_seconds, _metrics_work(state))
+        rollup_poller = Poller("reco-rollup-compact", ROLLUP_COMPACT_SECONDS, _compact_work(state))
         try:
             await run_in_threadpool(state.db_probe.check)
             db_poller.start()
             with contextlib.suppress(SQLAlchemyError):  # the poller retries
                 await run_in_threadpool(state.training.refresh)
             metrics_poller.start()
+            rollup_poller.start()
             await run_in_threadpool(state.fence.refresh)
             fence_poller.start()
             await run_in_threadpool(state.book.start)  # before the registry: it loads pinned versions too
@@ -163,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             db_poller.stop()
             metrics_poller.stop()
+            rollup_poller.stop()
             fence_poller.stop()
             popular_poller.stop()
             state.registry.stop()

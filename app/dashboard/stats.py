@@ -11,7 +11,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -68,26 +69,43 @@ def _invalid(name: str, msg: str) -> ValidationFailed:
     return ValidationFailed(f"query.{name}: {msg}", details=[{"loc": ["query", name], "msg": msg}])
 
 
+_PG_SERIES = text(
+    "SELECT CAST(floor(extract(epoch FROM bucket_start) / :bucket) AS bigint), type, sum(count) "
+    "FROM event_counts WHERE bucket_start >= :start AND bucket_start < :end GROUP BY 1, 2"
+)
+_SQLITE_SERIES = text(
+    "SELECT CAST(strftime('%s', bucket_start) AS integer) / :bucket, type, sum(count) "
+    "FROM event_counts WHERE bucket_start >= :start AND bucket_start < :end GROUP BY 1, 2"
+)
+
+
 def event_series(session: Session, window: str, bucket_s: int, now: datetime | None = None) -> dict[str, Any]:
-    """Events per bucket and type over the window, from the rollup (zeros filled in), oldest first."""
+    """Events per bucket and type over the window, from the rollup (zeros filled in), oldest first.
+
+    Summed by the database per (bucket, type): at most buckets x types rows come back, whatever the number of
+    delta rows (compacted or not) behind them."""
     seconds = WINDOWS[window]
     now = now or datetime.now(UTC)
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(seconds=seconds)
     n = math.ceil(seconds / bucket_s)
-    rows = session.execute(
-        select(EventCount.bucket_start, EventCount.type, EventCount.count).where(
-            EventCount.bucket_start >= start, EventCount.bucket_start < end
+    postgres = session.get_bind().dialect.name == "postgresql"
+    params: dict[str, Any] = {"bucket": bucket_s}
+    if postgres:
+        params.update(start=start, end=end)
+    else:  # SQLite stores naive UTC text: compare as such
+        params.update(
+            start=start.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds"),
+            end=end.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds"),
         )
-    ).all()
+    rows = session.execute(_PG_SERIES if postgres else _SQLITE_SERIES, params).all()
+    first = int(start.timestamp())
     series: dict[str, list[int]] = {}
-    for bucket_start, kind, count in rows:
-        at = _utc(bucket_start)
-        assert at is not None
-        slot = int((at - start).total_seconds() // bucket_s)
+    for slot_of_epoch, kind, count in rows:
+        slot = (int(slot_of_epoch) * bucket_s - first) // bucket_s
         if 0 <= slot < n:
             series.setdefault(kind, [0] * n)[slot] += int(count)
-    times = [int((start + timedelta(seconds=i * bucket_s)).timestamp()) for i in range(n)]
+    times = [first + i * bucket_s for i in range(n)]
     return {
         "window": window,
         "bucket_s": bucket_s,
@@ -289,7 +307,7 @@ async def stats_events(
     bucket: Annotated[
         str, Query(max_length=8, description="seconds per point: a multiple of 60 from 60 to 3600")
     ] = "60",
-) -> dict[str, Any]:
+) -> Response:
     """Events per minute (or per `bucket` seconds) by type over the last hour (`window=1h`) or day (`24h`),
     from the per-minute rollup ingestion keeps (`times`: each bucket's start, epoch seconds)."""
     state = get_state(request)
@@ -302,11 +320,12 @@ async def stats_events(
     if seconds < 60 or seconds > 3600 or seconds % 60:
         raise _invalid("bucket", f"must be a multiple of 60 from 60 to 3600 (got {seconds})")
 
-    def work() -> dict[str, Any]:
+    def work() -> bytes:
         with state.sessions() as session:
-            return event_series(session, window, seconds)
+            return orjson.dumps(event_series(session, window, seconds))  # thousands of ints: orjson, not the
+            # generic encoder (a day of minutes by five types took ~40 ms there)
 
-    return await run_in_threadpool(work)
+    return Response(await run_in_threadpool(work), media_type="application/json")
 
 
 @router.get("/v1/admin/stats/overview")

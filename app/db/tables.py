@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -111,6 +112,20 @@ class EventCount(Base):
     bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     type: Mapped[str] = mapped_column(String(32))
     count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Settled deltas are folded into one compacted row per (minute, type) by a background pass
+    # (app/events/repository.py `compact_event_counts`), so a day's chart reads at most 1,440 x types rows.
+    compacted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+    __table_args__ = (
+        Index(
+            "uq_event_counts_compacted",
+            "bucket_start",
+            "type",
+            unique=True,
+            postgresql_where=text("compacted"),
+            sqlite_where=text("compacted"),
+        ),
+    )
 
 
 class DashboardSecret(Base):

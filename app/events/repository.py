@@ -285,3 +285,54 @@ def history_before(conn: Connection, user_id: str, ts: datetime, limit: int) -> 
     """(item_id, type) of the user's latest `limit` events before `ts`, newest first (offline replay)."""
     at: datetime | str = _sqlite_ts(ts) if conn.dialect.name == "sqlite" else as_utc(ts)
     return [(r[0], r[1]) for r in conn.execute(_BEFORE, {"user_id": user_id, "ts": at, "limit": limit})]
+
+
+_PG_COMPACT = text(
+    "WITH moved AS ("
+    " DELETE FROM event_counts WHERE NOT compacted AND bucket_start < :cutoff"
+    " RETURNING bucket_start, type, count"
+    ") "
+    "INSERT INTO event_counts (bucket_start, type, count, compacted) "
+    "SELECT bucket_start, type, sum(count), true FROM moved GROUP BY 1, 2 "
+    "ON CONFLICT (bucket_start, type) WHERE compacted DO UPDATE SET count = event_counts.count + excluded.count"
+)
+
+
+def compact_event_counts(session: Session, settled_before: datetime) -> int:
+    """Fold the delta rows of minutes before `settled_before` into one compacted row per (minute, type);
+    returns how many rows were folded. One transaction (the caller's); concurrent passes are safe (PostgreSQL:
+    a row deleted by one is gone for the other; SQLite has one writer)."""
+    if session.get_bind().dialect.name == "postgresql":
+        moved = session.execute(
+            text("SELECT count(*) FROM event_counts WHERE NOT compacted AND bucket_start < :c"),
+            {"c": as_utc(settled_before)},
+        ).scalar_one()
+        if moved:
+            session.execute(_PG_COMPACT, {"cutoff": as_utc(settled_before)})
+        return int(moved)
+    cutoff = _sqlite_ts(settled_before)
+    top = session.execute(
+        text("SELECT max(id), count(*) FROM event_counts WHERE NOT compacted AND bucket_start < :c"),
+        {"c": cutoff},
+    ).one()
+    if not top[1]:
+        return 0
+    sums = session.execute(
+        text(
+            "SELECT bucket_start, type, sum(count) FROM event_counts "
+            "WHERE NOT compacted AND bucket_start < :c AND id <= :top GROUP BY 1, 2"
+        ),
+        {"c": cutoff, "top": top[0]},
+    ).all()
+    session.execute(
+        text("DELETE FROM event_counts WHERE NOT compacted AND bucket_start < :c AND id <= :top"),
+        {"c": cutoff, "top": top[0]},
+    )
+    session.execute(
+        text(
+            "INSERT INTO event_counts (bucket_start, type, count, compacted) VALUES (:b, :t, :n, 1) "
+            "ON CONFLICT (bucket_start, type) WHERE compacted DO UPDATE SET count = event_counts.count + excluded.count"
+        ),
+        [{"b": b, "t": kind, "n": int(n)} for b, kind, n in sums],
+    )
+    return int(top[1])

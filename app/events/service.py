@@ -220,3 +220,12 @@ def load_events(
     if chunk:
         flush()
     return stored, duplicates
+
+
+ROLLUP_SETTLE = timedelta(minutes=2)  # deltas of minutes older than this are folded (late batches are rare)
+
+
+def compact_rollup(sessions: sessionmaker[Session], now: datetime | None = None) -> int:
+    """Fold the settled delta rows of the per-minute event rollup (a background pass of the API process)."""
+    settled = (now or datetime.now(UTC)) - ROLLUP_SETTLE
+    return run_transaction(sessions, lambda s: repository.compact_event_counts(s, settled))

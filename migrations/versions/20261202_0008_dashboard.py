@@ -25,9 +25,19 @@ def upgrade() -> None:
         sa.Column("bucket_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("compacted", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_event_counts")),
     )
     op.create_index("ix_event_counts_bucket_start", "event_counts", ["bucket_start"])
+    # one compacted row per (minute, type): what `compact_event_counts` folds the settled deltas into
+    op.create_index(
+        "uq_event_counts_compacted",
+        "event_counts",
+        ["bucket_start", "type"],
+        unique=True,
+        postgresql_where=sa.text("compacted"),
+        sqlite_where=sa.text("compacted"),
+    )
     op.create_table(
         "dashboard_secret",
         sa.Column("id", sa.Integer(), nullable=False),
