@@ -25,19 +25,22 @@
 
   // ---- overview: events per minute by type -------------------------------------------------------------
   function drawEvents(el, win) {
-    var url = el.getAttribute("data-src") + "?window=" + encodeURIComponent(win) + "&bucket=60";
+    // a day is drawn in 10-minute points (144, not 1,440: no wider than a screen), shown as events per minute
+    var bucket = win === "24h" ? 600 : 60;
+    var url = el.getAttribute("data-src") + "?window=" + encodeURIComponent(win) + "&bucket=" + bucket;
     return getJSON(url).then(function (d) {
       var types = Object.keys(d.series);
       var data = [d.times];
       var series = [{}];
+      var perMinute = d.bucket_s / 60;
       types.forEach(function (t, i) {
-        data.push(d.series[t]);
+        data.push(d.series[t].map(function (v) { return v / perMinute; }));
         series.push({ label: t, stroke: PALETTE[i % PALETTE.length], width: 1.5 });
       });
       var points = 0;
       if (types.length) {
         plot(el, { width: width(el), height: 260, series: series, scales: { x: { time: true } },
-                   axes: [{}, { label: "events / min" }] }, data);
+                   axes: [{}, { label: perMinute > 1 ? "events / min (" + perMinute + "-min mean)" : "events / min" }] }, data);
         types.forEach(function (t) { d.series[t].forEach(function (v) { if (v > 0) { points += 1; } }); });
         points = Math.max(points, d.total > 0 ? 1 : 0);
       } else {
