@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[dev]' -e ./clients/python
 	touch $@
 
 demo: install
@@ -23,5 +23,5 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check app tests scripts
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests scripts clients
+	$(BIN)/mypy app clients/python/reco_client

@@ -23,25 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.servers import ROOT, uvicorn_server
+from tests.helpers.servers import FAST_TRAINING, ROOT, uvicorn_server
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ARTIFACTS = ROOT / "var" / "test-artifacts" / "browser"
 ADMIN_KEY = "browser-admin-key-0000000000000"
 DEMO_USERS = 300
 DEMO_ITEMS = 200
-# Small, fast training: a retrain finishes in seconds on two cores.
-TRAINING = {
-    "RECO_TRAIN_TIME_BUDGET_S": "8",
-    "RECO_TRAIN_EPOCHS": "4",
-    "RECO_TRAIN_DIM": "16",
-    "RECO_TRAIN_MAX_LEN": "20",
-    "RECO_TRAIN_MEMBERS": "1",
-    "RECO_TRAIN_BATCH_SIZE": "64",
-    "RECO_TRAIN_THREADS": "1",
-    "RECO_TRAIN_DEVICE": "cpu",
-    "RECO_TRAIN_PATIENCE": "2",
-}
+TRAINING = FAST_TRAINING
 FIRST_BUDGET_S = 8.0
 
 

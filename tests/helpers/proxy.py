@@ -27,6 +27,9 @@ class TcpProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self.seen = 0  # connections accepted while cut or hung
+        self._lose = 0  # answers still to lose (`lose_answers`)
+        self.answers_lost = 0
+        self._upstreams: set[socket.socket] = set()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -64,6 +67,13 @@ class TcpProxy:
         """Accept and hold: live and new connections stay open, nothing is forwarded either way."""
         self._flowing.clear()
 
+    def lose_answers(self, n: int) -> None:
+        """The next `n` answers from the server are dropped and their connections reset: the request was
+        delivered (and acted on), the client never hears back, as when a network fails after the server
+        committed. `answers_lost` counts them."""
+        with self._lock:
+            self._lose = n
+
     def restore(self) -> None:
         """Forward again (new connections, and what hung connections held)."""
         self._open.set()
@@ -98,6 +108,7 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets.update((client, upstream))
+                self._upstreams.add(upstream)
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
@@ -110,6 +121,13 @@ class TcpProxy:
                 while not self._flowing.wait(0.05):
                     if self._stop.is_set():
                         return
+                with self._lock:
+                    lose = src in self._upstreams and self._lose > 0
+                    if lose:
+                        self._lose -= 1
+                        self.answers_lost += 1
+                if lose:
+                    break  # the finally resets both ends: the answer never arrives
                 dst.sendall(data)
         except OSError:
             pass
@@ -117,6 +135,8 @@ class TcpProxy:
             with self._lock:
                 self._sockets.discard(src)
                 self._sockets.discard(dst)
+                self._upstreams.discard(src)
+                self._upstreams.discard(dst)
             _close(src)
             _close(dst)
 

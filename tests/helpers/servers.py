@@ -16,6 +16,18 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+# Small, fast training for a `reco serve` with the embedded trainer: a retrain finishes in seconds on two cores.
+FAST_TRAINING = {
+    "RECO_TRAIN_TIME_BUDGET_S": "8",
+    "RECO_TRAIN_EPOCHS": "4",
+    "RECO_TRAIN_DIM": "16",
+    "RECO_TRAIN_MAX_LEN": "20",
+    "RECO_TRAIN_MEMBERS": "1",
+    "RECO_TRAIN_BATCH_SIZE": "64",
+    "RECO_TRAIN_THREADS": "1",
+    "RECO_TRAIN_DEVICE": "cpu",
+    "RECO_TRAIN_PATIENCE": "2",
+}
 RECO = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]  # `reco ...`
 
 
