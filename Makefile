@@ -21,6 +21,7 @@ serve: install
 
 test: install
 	$(BIN)/pytest
+	cd clients/js && npm test
 
 lint: install
 	$(BIN)/ruff check app tests scripts clients

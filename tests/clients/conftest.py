@@ -28,6 +28,13 @@ class Server:
             ).fetchone()
         return int(rows), int(distinct)
 
+    def impressions(self, recommendation_id: str) -> int:
+        with sqlite3.connect(self.db, timeout=10) as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM impressions WHERE recommendation_id = ?", (recommendation_id,)
+            ).fetchone()
+        return int(n)
+
     def stored_for_user(self, user_id: str) -> int:
         with sqlite3.connect(self.db, timeout=10) as conn:
             (n,) = conn.execute("SELECT count(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()

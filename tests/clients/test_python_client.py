@@ -166,8 +166,11 @@ def test_every_operation_against_a_real_server(server: Server) -> None:
         assert reco.popular(k=3).items and reco.similar("sku-1", k=3).recommendation_id
 
         click_id = reco.click("ops-u1", answer.items[0].item_id, answer.recommendation_id)
+        reco.impression("ops-u1", answer)
+        reco.impression("ops-u1", answer)  # reported twice, stored once per (answer, item)
         reco.flush()
         assert server.stored(click_id) == (1, 1)
+        assert server.impressions(answer.recommendation_id) == len(answer.items)
 
         personal = reco.recommend("ops-u2", k=5)
         assert personal.model_version == listing.active

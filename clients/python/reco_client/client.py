@@ -155,6 +155,15 @@ class Reco:
         """Queue one event; returns its `event_id`."""
         return self.send_events([{"user_id": user_id, "type": type, "item_id": item_id, **fields}])[0]
 
+    def impression(self, user_id: str, recommendation: m.Recommendations | m.Similar | m.Popular) -> str:
+        """Report the items of an answer as shown to `user_id` (stored once per answer and item)."""
+        return self.send_event(
+            user_id,
+            "impression",
+            recommendation_id=recommendation.recommendation_id,
+            items=[i.item_id for i in recommendation.items],
+        )
+
     def click(
         self, user_id: str, item_id: str, recommendation_id: str | None = None, type: str = "click"
     ) -> str:
