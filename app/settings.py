@@ -393,6 +393,11 @@ class Settings(BaseSettings):
         return max(self.recent_events, self.seen_limit)
 
     @property
+    def vector_engine_is_lite(self) -> bool:
+        """Whether the vector engine is the embedded milvus-lite (its data directory takes one process)."""
+        return self.vector_engine.startswith("milvus-lite://") or self.vector_engine.endswith(".db")
+
+    @property
     def is_sqlite(self) -> bool:
         """True when the embedded SQLite store is configured."""
         return self.database_url.startswith("sqlite")

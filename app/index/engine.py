@@ -54,6 +54,7 @@ class VectorEngine(Protocol):
     """Builds the item index of a model version and releases it once no snapshot serves it."""
 
     name: str
+    remote: bool  # searches wait on another server (callers on an event loop run them in a thread)
 
     def build(self, vectors: np.ndarray, config: IndexConfig, *, label: str) -> VectorIndex: ...
 
@@ -66,6 +67,7 @@ class FaissEngine:
     """The default: a FAISS index in this process's memory (the garbage collector frees a retired one)."""
 
     name = "faiss"
+    remote = False
 
     def build(self, vectors: np.ndarray, config: IndexConfig, *, label: str) -> VectorIndex:
         """`ItemIndex.build(vectors, config)`; `label` (the version) is not needed."""

@@ -112,6 +112,7 @@ class MilvusEngine:
     """A connection to one Milvus (server or milvus-lite) and the collections this process created in it."""
 
     name = "milvus"
+    remote = True  # a server, or milvus-lite's gRPC server thread: every search is a round trip
 
     def __init__(
         self,

@@ -335,3 +335,15 @@ def test_vector_engine_setting_default_and_milvus(monkeypatch: pytest.MonkeyPatc
     assert load_settings().vector_engine == "faiss"
     monkeypatch.setenv("RECO_VECTOR_ENGINE", "milvus://milvus:19530")
     assert load_settings().vector_engine == "milvus://milvus:19530"
+
+
+def test_milvus_lite_with_several_workers_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from app.cli.service import run_server
+
+    monkeypatch.setenv("RECO_VECTOR_ENGINE", f"milvus-lite://{tmp_path / 'v.db'}")
+    monkeypatch.setenv("RECO_DATABASE_URL", f"sqlite:///{tmp_path / 'reco.db'}")
+    with pytest.raises(SystemExit) as failure:
+        run_server("127.0.0.1", 1, workers=2)
+    assert "RECO_VECTOR_ENGINE: milvus-lite opens its file in one process only" in str(failure.value.code)
