@@ -205,7 +205,8 @@ class MilvusEngine:
                 client.flush(name, timeout=BUILD_TIMEOUT_S)
                 index_params = client.prepare_index_params()
                 index_params.add_index(field_name="vec", metric_type="IP", **_index_spec(kind, config, nlist))
-                client.create_index(name, index_params, timeout=BUILD_TIMEOUT_S)
+                # sync=False: `_wait_indexed` waits (bounded) on the index state itself
+                client.create_index(name, index_params, timeout=BUILD_TIMEOUT_S, sync=False)
                 self._wait_indexed(name, n)
                 client.load_collection(name, timeout=BUILD_TIMEOUT_S)  # returns once every segment is loaded
                 state = str(client.get_load_state(name, timeout=self.timeout_s).get("state"))
