@@ -243,6 +243,15 @@ class Settings(BaseSettings):
         description="exact (flat) FAISS search up to this many items, IVF above (docs/BENCHMARKS.md, Serving)",
     )
     index_nprobe: int = Field(default=16, ge=1, description="IVF lists probed per query")
+    vector_engine: str = Field(
+        default="faiss",
+        description="where item indexes live: faiss (in each API process), milvus://[user:password@]host:port[/db] "
+        "(a Milvus server, for catalogs past one host's memory) or milvus-lite:///path/file.db (embedded, one "
+        "process; a bare *.db path too)",
+    )
+    vector_engine_timeout_s: float = Field(
+        default=5.0, gt=0, allow_inf_nan=False, description="bound on each Milvus call (connect, search, get)"
+    )
     explain_top: int = Field(default=2, ge=1, le=10, description="history items named per explanation")
     history_cache_seconds: int = Field(
         default=3600,
@@ -347,6 +356,25 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("vector_engine")
+    @classmethod
+    def _check_vector_engine(cls, value: str) -> str:
+        value = value.strip()
+        if value == "faiss":
+            return value
+        if value.startswith("milvus://"):
+            rest = value.removeprefix("milvus://").rpartition("@")[2]
+            if not rest.split("/")[0]:
+                raise ValueError("milvus:// needs a host, e.g. milvus://127.0.0.1:19530")
+            return value
+        if value.startswith("milvus-lite://") or value.endswith(".db"):
+            if not value.endswith(".db"):
+                raise ValueError(
+                    "a milvus-lite path must end with .db, e.g. milvus-lite:///var/reco/vectors.db"
+                )
+            return value
+        raise ValueError("must be faiss, milvus://host:port or milvus-lite:///path/file.db")
+
     @field_validator("event_weights")
     @classmethod
     def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
@@ -363,6 +391,11 @@ class Settings(BaseSettings):
     def history_len(self) -> int:
         """Latest events a recommendation reads: the user tower's L or the seen-items window, the larger."""
         return max(self.recent_events, self.seen_limit)
+
+    @property
+    def vector_engine_is_lite(self) -> bool:
+        """Whether the vector engine is the embedded milvus-lite (its data directory takes one process)."""
+        return self.vector_engine.startswith("milvus-lite://") or self.vector_engine.endswith(".db")
 
     @property
     def is_sqlite(self) -> bool:

@@ -32,6 +32,7 @@ from app.events.schemas import EventBatchIn
 from app.events.service import compact_rollup
 from app.fence import AckAfterFence, Fence
 from app.index import IndexConfig
+from app.index.engine import open_engine
 from app.rules.book import PlacementBook
 from app.rules.spec import RotationIn
 from app.serving.polling import Poller
@@ -59,6 +60,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         ),
         model_poll_seconds=settings.model_poll_seconds,
         catalog_poll_seconds=settings.catalog_poll_seconds,
+        engine=open_engine(settings.vector_engine, timeout_s=settings.vector_engine_timeout_s),
     )
     metrics.watch("model", model_gauges(registry))
     training = TrainingJobs(sessions)

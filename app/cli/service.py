@@ -37,6 +37,11 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
 def run_server(host: str, port: int, workers: int) -> None:
     """Upgrade the embedded store if needed, then run uvicorn with the app factory."""
     settings = load_settings()
+    if workers > 1 and settings.vector_engine_is_lite:
+        raise SystemExit(
+            "invalid configuration:\n  RECO_VECTOR_ENGINE: milvus-lite opens its file in one process only; "
+            "with --workers N use a Milvus server (milvus://host:19530) or faiss"
+        )
     if settings.is_sqlite:
         engine = make_engine(settings)
         upgrade(engine)

@@ -48,6 +48,15 @@ def list_metrics(ranked: list[str], clicked: set[str], k: int) -> tuple[float, f
 
 def replay(state: AppState, body: ReplayIn) -> dict[str, Any]:
     """The replay report (see the module docstring)."""
+    detached: list[Any] = []
+    try:
+        return _replay(state, body, detached)
+    finally:
+        for model in detached:  # a version loaded for this replay only: its index is released (Milvus)
+            state.registry.release(model)
+
+
+def _replay(state: AppState, body: ReplayIn, detached: list[Any]) -> dict[str, Any]:
     from app.serving.recommender import RecParams  # serving imports stay out of this module's import
 
     book, registry, recommender = state.book, state.registry, state.recommender
@@ -74,6 +83,7 @@ def replay(state: AppState, body: ReplayIn) -> dict[str, Any]:
     if cand.model_version is not None:
         try:
             cand_model = registry.load_detached(cand.model_version)
+            detached.append(cand_model)
         except Exception as exc:  # an unknown or unreadable version: the operator's input
             msg = f"model version {cand.model_version!r} cannot be loaded ({exc})"
             raise ValidationFailed(

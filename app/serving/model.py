@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from app.artifacts import LoadedModel
-from app.index import ItemIndex
+from app.index.engine import VectorIndex
 from app.records import ItemRecord
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
@@ -25,7 +25,7 @@ class ServingModel:
 
     version: str
     loaded: LoadedModel
-    index: ItemIndex
+    index: VectorIndex
     item_ids: list[str]
     row_of: dict[str, int]
     n_rows: int
@@ -38,7 +38,7 @@ class ServingModel:
     catalog_rows: np.ndarray = field(default_factory=lambda: _EMPTY_ROWS)
 
     @classmethod
-    def create(cls, loaded: LoadedModel, index: ItemIndex) -> ServingModel:
+    def create(cls, loaded: LoadedModel, index: VectorIndex) -> ServingModel:
         """A snapshot of a freshly loaded version: every trained item shown, no categories yet."""
         n = len(loaded.item_ids)
         if index.ntotal != n:

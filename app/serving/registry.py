@@ -18,7 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import ArtifactError, load_version
-from app.index import IndexConfig, ItemIndex
+from app.index import IndexConfig
+from app.index.engine import FaissEngine, VectorEngine
 from app.records import as_utc
 from app.registry.repository import active_version
 from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
@@ -41,10 +42,13 @@ class ModelRegistry:
         *,
         model_poll_seconds: float = 2.0,
         catalog_poll_seconds: float = 2.0,
+        engine: VectorEngine | None = None,
     ) -> None:
         self.sessions = sessions
         self.artifact_dir = Path(artifact_dir)
         self.index_config = index_config
+        # Where item indexes live (FAISS in memory by default; RECO_VECTOR_ENGINE may name Milvus).
+        self.engine: VectorEngine = engine if engine is not None else FaissEngine()
         self.catalog = CatalogView()
         self.current: ServingModel | None = None
         self.last_error: str | None = None
@@ -78,10 +82,19 @@ class ModelRegistry:
                 poller.start()
 
     def stop(self) -> None:
-        """Stop the background threads (waits for a running load to finish)."""
+        """Stop the background threads (waits for a running load to finish) and release the vector engine."""
         for poller in self._pollers:
             poller.stop()
         self._pollers = []
+        self.engine.close()  # Milvus: this process's collections are dropped
+
+    def release(self, model: ServingModel) -> None:
+        """Hand back a snapshot from `load_detached` once used (its index is retired unless it is served)."""
+        served = self.current
+        if (served is None or served.index is not model.index) and all(
+            pinned.index is not model.index for pinned in self.pinned.values()
+        ):
+            self.engine.retire(model.index)
 
     # ---- model versions -----------------------------------------------------------------------------------
 
@@ -104,10 +117,14 @@ class ModelRegistry:
         if found is not None:
             return found
         model = self._build(version)
-        with self._write_lock:
-            with self.sessions() as session:
-                records = list(changed_items(session, None))
-            return model.with_items([(record, ()) for record in records], self.catalog.row_of)
+        try:
+            with self._write_lock:
+                with self.sessions() as session:
+                    records = list(changed_items(session, None))
+                return model.with_items([(record, ()) for record in records], self.catalog.row_of)
+        except BaseException:
+            self.engine.retire(model.index)
+            raise
 
     def set_pinned(self, versions: set[str]) -> None:
         """Versions to keep loaded beside the active one (the model poller loads them, or drops them)."""
@@ -117,7 +134,9 @@ class ModelRegistry:
         for version in list(self.pinned):
             if version not in self.wanted_pinned:
                 with self._write_lock:
-                    self.pinned.pop(version, None)
+                    dropped = self.pinned.pop(version, None)
+                if dropped is not None:
+                    self.engine.retire(dropped.index)
         for version in sorted(self.wanted_pinned - set(self.pinned)):
             if version == self.version:
                 continue
@@ -126,12 +145,16 @@ class ModelRegistry:
                 continue
             try:
                 model = self._build(version)
-                with self._write_lock:
-                    with self.sessions() as session:
-                        records = list(changed_items(session, None))
-                    self.pinned[version] = model.with_items(
-                        [(record, ()) for record in records], self.catalog.row_of
-                    )
+                try:
+                    with self._write_lock:
+                        with self.sessions() as session:
+                            records = list(changed_items(session, None))
+                        self.pinned[version] = model.with_items(
+                            [(record, ()) for record in records], self.catalog.row_of
+                        )
+                except BaseException:
+                    self.engine.retire(model.index)
+                    raise
                 log.info(
                     "serving pinned version %s beside %s (an experiment's variant)", version, self.version
                 )
@@ -167,19 +190,35 @@ class ModelRegistry:
         loaded = load_version(self.artifact_dir / version)
         if loaded.version != version:
             raise ArtifactError(f"{self.artifact_dir / version}: manifest says version {loaded.version}")
-        index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
-        return ServingModel.create(loaded, index)
+        # Complete before it is returned (Milvus: every row inserted, indexed and loaded): a swap never serves
+        # a half-built index.
+        index = self.engine.build(loaded.item_vectors, self.index_config, label=version)  # [N, d+1]
+        try:
+            return ServingModel.create(loaded, index)
+        except BaseException:
+            self.engine.retire(index)
+            raise
 
     def _load(self, version: str) -> None:
         started = time.perf_counter()
         model = self._build(version)
         index = model.index
-        with self._write_lock:  # no catalog sync in between: the snapshot sees every change up to its swap
-            with self.sessions() as session:
-                records = list(changed_items(session, None))
-            self.catalog.apply(records)  # the view and the new snapshot now agree on every item
-            model = model.with_items([(record, ()) for record in records], self.catalog.row_of)
-            self.current = model
+        try:
+            with (
+                self._write_lock
+            ):  # no catalog sync in between: the snapshot sees every change up to its swap
+                with self.sessions() as session:
+                    records = list(changed_items(session, None))
+                self.catalog.apply(records)  # the view and the new snapshot now agree on every item
+                model = model.with_items([(record, ()) for record in records], self.catalog.row_of)
+                before, self.current = self.current, model
+        except BaseException:
+            self.engine.retire(index)
+            raise
+        if before is not None and before.index is not index:
+            # Requests that read `current` before the swap finish on the old index: Milvus drops its
+            # collection only after a grace period.
+            self.engine.retire(before.index)
         self._failed.pop(version, None)
         self.last_error = None
         log.info(

@@ -59,6 +59,7 @@ async def readyz(request: Request) -> FastJSONResponse:
         "model_version": current.version if current else None,
         "items": current.n_rows if current else 0,
         "index": current.index.kind if current else None,
+        "vector_engine": registry.engine.name,
         "model_error": registry.last_error,
     }
     return FastJSONResponse({"status": "ready", "checks": checks, "serving": serving})

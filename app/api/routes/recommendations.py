@@ -326,7 +326,10 @@ async def user_recommendations(request: Request) -> Response:
             fallback = recommender.compute_user(user_id, params, looked, StoredHistory([], None))
             return _answer(state, "user", fallback.body, "miss", "database", route)
     # The rest is ~0.5 ms of CPU (numpy tower, FAISS): inline, as threads would only contend for the GIL.
-    answer = recommender.compute_user(user_id, params, looked, stored)
+    if state.registry.engine.remote:  # a vector engine over the network: its searches wait off the loop
+        answer = await run_in_threadpool(recommender.compute_user, user_id, params, looked, stored)
+    else:
+        answer = recommender.compute_user(user_id, params, looked, stored)
     # Stored after the response is sent: the caller does not wait for that round trip (the store is
     # conditional on the counters, so a late write can never make a stale answer servable).
     response = _answer(state, "user", answer.body, "miss", degraded, route)
