@@ -149,7 +149,8 @@ class RateLimiter:
             try:
                 script = self._redis_script()
                 # bounded twice: the socket timeout, and this for a server that accepts but never answers
-                blocked, wait_ms = await asyncio.wait_for(script(keys=keys, args=args), self._timeout * 2)
+                async with asyncio.timeout(self._timeout * 2):
+                    blocked, wait_ms = await script(keys=keys, args=args)
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
