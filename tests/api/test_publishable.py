@@ -4,8 +4,6 @@ and `reco keys user-token` from the command line."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +12,9 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.auth import user_tokens
+from app.cli import main
 from app.settings import Settings
 from tests.conftest import ADMIN_KEY, INGEST_KEY, STATIC_KEYS, auth
-from tests.helpers.servers import RECO, ROOT
 
 SHOP = "https://shop.example"
 EVIL = "https://evil.example"
@@ -218,43 +216,25 @@ def test_admin_route_validates_publishable_fields(app_client: TestClient) -> Non
     assert listed == []
 
 
-def test_cli_creates_publishable_keys_and_user_tokens(tmp_path: Path) -> None:
+def test_cli_creates_publishable_keys_and_user_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = _settings(tmp_path, require_user_token=True, user_token_secret=SECRET)
-    env = {
-        **os.environ,
-        "RECO_DATABASE_URL": settings.database_url,
-        "RECO_USER_TOKEN_SECRET": SECRET,
-        "PYTHONPATH": str(ROOT),
-    }
-    made = subprocess.run(
-        [
-            *RECO,
-            "keys",
-            "create",
-            "--publishable",
-            "--origins",
-            f"{SHOP},http://localhost:8000",
-            "--rate-limits",
-            "events=10/s",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    monkeypatch.setenv("RECO_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("RECO_USER_TOKEN_SECRET", SECRET)
+    origins = f"{SHOP},http://localhost:8000"
+    assert (
+        main(["keys", "create", "--publishable", "--origins", origins, "--rate-limits", "events=10/s"]) == 0
     )
-    pk = made.stdout.strip().splitlines()[-1]
+    pk = capsys.readouterr().out.strip().splitlines()[-1]
     assert pk.startswith("pk_")
-    issued = subprocess.run(
-        [*RECO, "keys", "user-token", "--user", "u7", "--ttl", "120"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = issued.stdout.strip().splitlines()[-1]
+    assert main(["keys", "user-token", "--user", "u7", "--ttl", "120"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
     assert user_tokens.verify(token, SECRET) == "u7"
-    bad = subprocess.run([*RECO, "keys", "create", "--publishable"], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "--origins" in bad.stderr
+    with pytest.raises(SystemExit, match="--origins"):
+        main(["keys", "create", "--publishable"])
+    with pytest.raises(SystemExit, match="--origins"):
+        main(["keys", "create", "--publishable", "--origins", "shop.example"])
     with TestClient(create_app(settings)) as c:
         h = {**auth(pk), user_tokens.HEADER: token, "Origin": "http://localhost:8000"}
         got = c.get("/v1/users/u7/recommendations", headers=h)
