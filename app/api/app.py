@@ -103,6 +103,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     state.limiter = RateLimiter(
         settings.redis_url, prefix=settings.redis_prefix, timeout=settings.rate_limit_timeout_s
     )
+    state.limiter.on_fallback = metrics.limiter_fallbacks.inc
     state.origins = OriginBook(sessions, settings.key_cache_seconds)
     state.proxies = parse_proxies(settings.trusted_proxies)
     return state

@@ -212,6 +212,7 @@ async def _rate_limit(request: Request, state: AppState, grant: Grant, rate_clas
         return
     retry = retry_after_seconds(wait)
     per, setting = described[blocked]
+    state.metrics.rate_limited.labels(rate_class, "key" if per == "key" else "ip").inc()
     if blocked == 0 and rate_class in own:
         setting = "this key's rate_limits"
     limit_text = f"{rate_class}={buckets[blocked][1]}"

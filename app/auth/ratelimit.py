@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -116,6 +116,7 @@ class RateLimiter:
         self.fallbacks = 0  # decisions taken in-process although Redis is configured
         self.failures = 0  # Redis calls that failed (timeouts, refused connections, errors)
         self.last_error: str | None = None
+        self.on_fallback: Callable[[], None] | None = None  # told of each in-process decision (a metric)
 
     @property
     def backend(self) -> str:
@@ -164,6 +165,8 @@ class RateLimiter:
                 return int(blocked) - 1, int(wait_ms) / 1000.0
         if self._url:
             self.fallbacks += 1
+            if self.on_fallback is not None:
+                self.on_fallback()
         return self.memory.take(ident, buckets)
 
     async def aclose(self) -> None:

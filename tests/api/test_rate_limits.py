@@ -163,3 +163,6 @@ def test_redis_down_falls_back_to_the_process(tmp_path: Path) -> None:
             # ... and requests were answered, limited by this process's own buckets, within the timeout
             assert codes == [200, 200, 200, 200, 429], codes
             assert limiter.fallbacks == 5 and elapsed < 5
+            scraped = c.get("/metrics").text
+            assert "reco_rate_limiter_fallbacks_total 5.0" in scraped
+            assert 'reco_rate_limited_total{class="recommend",per="key"} 1.0' in scraped
