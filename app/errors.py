@@ -41,6 +41,19 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
+class RateLimited(AppError):
+    """Over a rate limit; `retry_after` (whole seconds) goes into the Retry-After header."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: int, details: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
 class NotFound(AppError):
     status_code = 404
     code = "not_found"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -18,6 +20,42 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 8.0,
     "rating": 3.0,
 }
+
+
+RATE_CLASSES = ("events", "ingest", "read", "recommend", "admin")
+"""Route classes that rate limits name: POST /v1/events; other writes; catalog and user reads; recommendations,
+similar and popular items; /v1/admin/* and user erasure."""
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """`count` requests per `period` seconds: a token bucket of `count` tokens refilled over `period`."""
+
+    count: int
+    period: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate_limits(text: str | None) -> dict[str, Rate]:
+    """`"events=100/s,recommend=50/m"` -> {class: Rate}; an error names the bad entry."""
+    out: dict[str, Rate] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, rate = part.partition("=")
+        name, rate = name.strip(), rate.strip().replace(" ", "")
+        if name not in RATE_CLASSES:
+            raise ValueError(f"{part!r}: the class must be one of {', '.join(RATE_CLASSES)}")
+        found = re.fullmatch(r"([1-9][0-9]{0,8})/([smh])", rate)
+        if not found:
+            raise ValueError(f"{part!r}: the limit must look like 100/s, 600/m or 5000/h")
+        out[name] = Rate(int(found.group(1)), _UNITS[found.group(2)], rate)
+    return out
 
 
 class Settings(BaseSettings):
@@ -276,6 +314,75 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="how often serving re-reads placements and experiments (0: never)"
     )
 
+    # publishable keys, user tokens and rate limits (README "Publishable keys and rate limits")
+    rate_limits: str = Field(
+        default="",
+        description="per-key limits for every key, by route class: 'events=100/s,recommend=50/s,admin=10/s' "
+        "(classes: events, ingest, read, recommend, admin; units s, m, h; a token bucket of N); empty: "
+        "secret keys are not limited unless their own `rate_limits` says so",
+    )
+    publishable_rate_limits: str = Field(
+        default="events=1000/s,recommend=1000/s",
+        description="per-key limits of publishable keys (over RECO_RATE_LIMITS for them)",
+    )
+    publishable_ip_rate_limits: str = Field(
+        default="events=50/s,recommend=50/s",
+        description="limits per publishable key and client IP (X-Forwarded-For only from RECO_TRUSTED_PROXIES)",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or CIDRs (comma separated) of proxies whose X-Forwarded-For names the client",
+    )
+    rate_limit_timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=5,
+        allow_inf_nan=False,
+        description="the shared (Redis) limiter's timeout; past it, or while Redis is down, this process "
+        "limits on its own",
+    )
+    require_user_token: bool = Field(
+        default=False,
+        description="publishable keys' requests must carry X-Reco-User-Token (signed with "
+        "RECO_USER_TOKEN_SECRET) and may only name that user",
+    )
+    user_token_secret: str | None = Field(
+        default=None,
+        min_length=16,
+        description="signs user tokens (HMAC-SHA256); the shop's server issues them with the same secret",
+    )
+
+    @field_validator("rate_limits", "publishable_rate_limits", "publishable_ip_rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+        return value
+
+    @model_validator(mode="after")
+    def _token_needs_secret(self) -> Settings:
+        if self.require_user_token and not self.user_token_secret:
+            raise ValueError(
+                "RECO_REQUIRE_USER_TOKEN=true needs RECO_USER_TOKEN_SECRET (at least 16 characters)"
+            )
+        return self
+
     @field_validator("negative_types", mode="before")
     @classmethod
     def _split_negative_types(cls, value: object) -> object:
@@ -417,6 +524,14 @@ class Settings(BaseSettings):
         return url
 
     @cached_property
+    def rate_limit_table(self) -> dict[str, dict[str, Rate]]:
+        """Parsed limits: `key` (every key), `publishable` (publishable keys), `ip` (per publishable key and IP)."""
+        table = {"key": parse_rate_limits(self.rate_limits)}
+        table["publishable"] = {**table["key"], **parse_rate_limits(self.publishable_rate_limits)}
+        table["ip"] = parse_rate_limits(self.publishable_ip_rate_limits)
+        return table
+
+    @cached_property
     def static_keys(self) -> dict[str, frozenset[str]]:
         """Keys given in configuration, mapped to their scopes."""
         out: dict[str, frozenset[str]] = {}
@@ -426,7 +541,9 @@ class Settings(BaseSettings):
         return out
 
 
-SECRET_FIELDS = frozenset({"api_keys", "dashboard_secret"})  # their values are never echoed in messages
+SECRET_FIELDS = frozenset(
+    {"api_keys", "dashboard_secret", "user_token_secret"}
+)  # their values are never echoed in messages
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -439,6 +556,9 @@ def load_settings(**overrides: object) -> Settings:
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             secret = field.split(".")[0] in SECRET_FIELDS
             shown = "(value hidden)" if secret else f"(got {err.get('input')!r})"
+            if field == "settings":  # a check across fields: its message names them
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             lines.append(f"RECO_{field.upper()}: {err['msg']} {shown}")
         raise SystemExit("invalid configuration:\n  " + "\n  ".join(lines)) from None
     except SettingsError as exc:  # a complex value (a JSON object or list) that does not parse

@@ -17,10 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api import errors
+from app.api.cors import OriginBook, PublishableCors, publishable_routes
 from app.api.metrics import Metrics, MetricsMiddleware, TrainingJobs, cache_gauges
 from app.api.routes import admin, events, items, merch, ops, recommendations, users
 from app.api.state import AppState
 from app.auth.keys import KeyVerifier
+from app.auth.ratelimit import RateLimiter, parse_proxies
 from app.cache import make_cache
 from app.catalog.schemas import ItemBatchIn
 from app.dashboard import pages as dashboard_pages
@@ -100,6 +102,12 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         training=training,
     )
     state.fence.db_up = lambda: state.db_probe.up
+    state.limiter = RateLimiter(
+        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.rate_limit_timeout_s
+    )
+    state.limiter.on_fallback = metrics.limiter_fallbacks.inc
+    state.origins = OriginBook(sessions, settings.key_cache_seconds)
+    state.proxies = parse_proxies(settings.trusted_proxies)
     return state
 
 
@@ -187,6 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.registry.stop()
             state.book.stop()
             await state.cache.aclose()
+            if state.limiter is not None:
+                await state.limiter.aclose()
             state.cache.close()
             state.engine.dispose()
             state.read_engine.dispose()
@@ -201,21 +211,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     errors.install(app)
-    for module in (
-        ops,
-        events,
-        items,
-        users,
-        recommendations,
-        admin,
-        merch,
-        dashboard_stats,
-        dashboard_pages,
-    ):
-        app.include_router(module.router)
+    routers = [
+        module.router
+        for module in (
+            ops,
+            events,
+            items,
+            users,
+            recommendations,
+            admin,
+            merch,
+            dashboard_stats,
+            dashboard_pages,
+        )
+    ]
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(dashboard_pages.DashboardHeaders)
     app.add_middleware(AckAfterFence)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # outermost: preflights end here
+    app.add_middleware(PublishableCors, routes=publishable_routes(routers))
     _document_manual_bodies(app)
     return app
 

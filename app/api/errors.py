@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.deps import BodySizeLimit
 from app.api.responses import FastJSONResponse
-from app.errors import AppError, Unavailable, ValidationFailed
+from app.errors import AppError, RateLimited, Unavailable, ValidationFailed
 from app.validation import friendly, summary
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def install(app: FastAPI) -> None:
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
         if exc.status_code == 401:
             headers = {"WWW-Authenticate": "Bearer"}
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc, headers)
 
     @app.exception_handler(RequestValidationError)

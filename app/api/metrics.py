@@ -50,6 +50,17 @@ class Metrics:
             registry=self.registry,
         )
         self._answered: dict[tuple[str, bytes], Any] = {}
+        self.rate_limited = Counter(
+            "reco_rate_limited",
+            "Requests answered 429, by route class and what was limited (key, client IP)",
+            ["class", "per"],
+            registry=self.registry,
+        )
+        self.limiter_fallbacks = Counter(
+            "reco_rate_limiter_fallbacks",
+            "Rate-limit decisions taken in-process because the limiter's Redis could not be used",
+            registry=self.registry,
+        )
 
         self.cache = {
             name: Counter(f"reco_cache_{name}", f"Cache {name}", ["backend"], registry=self.registry)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.cors import OriginBook
 from app.api.metrics import Metrics, TrainingJobs
 from app.auth.keys import KeyVerifier
+from app.auth.ratelimit import RateLimiter
 from app.cache import Cache
 from app.db.engine import DatabaseProbe
 from app.fence import Fence
@@ -37,4 +40,7 @@ class AppState:
     db_probe: DatabaseProbe  # whether the database answers, known without waiting on it
     training: TrainingJobs  # training-job metrics, refreshed in the background
     book: PlacementBook  # placements and experiments in force (app/rules/book.py)
+    limiter: RateLimiter | None = None  # rate limits (app/auth/ratelimit.py)
+    origins: OriginBook | None = None  # origins publishable keys allow, for CORS preflights (app/api/cors.py)
+    proxies: tuple[Any, ...] = ()  # trusted proxies' networks (RECO_TRUSTED_PROXIES)
     dashboard_secret: bytes | None = None  # signs dashboard cookies: read once (app/dashboard/auth.py)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -16,10 +18,71 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.tables import ApiKey
+from app.settings import Rate, parse_rate_limits
 
 SCOPES = ("ingest", "read", "admin", "dashboard")
 """`dashboard`: sign in to the operator's dashboard and view it (read-only); `admin` may also act there."""
 KEY_PREFIX = "reco_"
+PUBLISHABLE_PREFIX = "pk_"
+"""A publishable key (`kind` publishable) may ship in page source: it may only send events and read
+recommendations (the routes declared `require(..., publishable=True)`), only from its allowed origins."""
+PUBLISHABLE_SCOPES = frozenset({"ingest", "read"})
+KINDS = ("secret", "publishable")
+_ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
+
+
+class Grant(frozenset[str]):
+    """A verified key's scopes (a frozenset, as before) with what else the request checks need: its kind,
+    allowed origins (publishable keys), a name for rate limiting that is not the key, and its own limits."""
+
+    kind: str
+    origins: frozenset[str]
+    ident: str
+    limits: dict[str, Rate]
+
+    def __new__(
+        cls,
+        scopes: Iterable[str],
+        kind: str = "secret",
+        origins: Iterable[str] = (),
+        ident: str = "",
+        limits: dict[str, Rate] | None = None,
+    ) -> Grant:
+        grant = super().__new__(cls, scopes)
+        grant.kind = kind
+        grant.origins = frozenset(origins)
+        grant.ident = ident
+        grant.limits = limits or {}
+        return grant
+
+    @property
+    def publishable(self) -> bool:
+        return self.kind == "publishable"
+
+
+def parse_origins(text: str | Iterable[str]) -> tuple[str, ...]:
+    """`"https://shop.example,http://localhost:3000"` -> normalized origins (scheme://host[:port], lower case,
+    no path); anything else is an error naming it."""
+    parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
+    if not parts:
+        raise ValueError("give at least one origin such as https://shop.example")
+    out = []
+    for part in parts:
+        origin = part.lower().rstrip("/")
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"{part!r} is not an origin: scheme://host[:port] with http or https, no path (https://shop.example)"
+            )
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
+
+
+def check_rate_limits(text: str | None) -> str | None:
+    """A key's own limits as stored (normalized), or a ValueError naming the bad entry."""
+    if text is None or not text.strip():
+        return None
+    limits = parse_rate_limits(text)
+    return ",".join(f"{name}={rate}" for name, rate in limits.items())
 
 
 def digest(key: str) -> str:
@@ -38,12 +101,56 @@ def parse_scopes(text: str | Iterable[str]) -> frozenset[str]:
     return frozenset(parts)
 
 
-def create_key(session: Session, scopes: frozenset[str], name: str | None = None) -> str:
-    """Store a new key's digest and return the key itself (the only time it is visible)."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(key_hash=digest(key), prefix=key[:12], name=name, scopes=",".join(sorted(scopes))))
+def create_key(
+    session: Session,
+    scopes: frozenset[str],
+    name: str | None = None,
+    *,
+    kind: str = "secret",
+    origins: Iterable[str] = (),
+    rate_limits: str | None = None,
+) -> str:
+    """Store a new key's digest and return the key itself (the only time it is visible).
+
+    A publishable key gets the `pk_` prefix, the scopes ingest and read (limited further to the publishable
+    routes) and needs its allowed origins."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    allowed = parse_origins(list(origins)) if kind == "publishable" else ()
+    if kind == "publishable":
+        scopes = PUBLISHABLE_SCOPES
+    key = (PUBLISHABLE_PREFIX if kind == "publishable" else KEY_PREFIX) + secrets.token_urlsafe(32)
+    session.add(
+        ApiKey(
+            key_hash=digest(key),
+            prefix=key[:12],
+            name=name,
+            scopes=",".join(sorted(scopes)),
+            kind=kind,
+            allowed_origins=",".join(allowed) or None,
+            rate_limits=check_rate_limits(rate_limits),
+        )
+    )
     session.flush()
     return key
+
+
+def _grant(row: Any) -> Grant:
+    return Grant(
+        row.scopes.split(","),
+        kind=row.kind or "secret",
+        origins=(row.allowed_origins or "").split(",") if row.allowed_origins else (),
+        ident=f"db:{row.id}",
+        limits=parse_rate_limits(row.rate_limits),
+    )
+
+
+def publishable_origins(session: Session) -> frozenset[str]:
+    """Every origin some unrevoked publishable key allows (what a CORS preflight may be answered for)."""
+    rows = session.scalars(
+        select(ApiKey.allowed_origins).where(ApiKey.kind == "publishable", ApiKey.revoked_at.is_(None))
+    )
+    return frozenset(o for text in rows if text for o in text.split(","))
 
 
 def allows(scopes: frozenset[str], needed: str) -> bool:
@@ -70,18 +177,20 @@ class KeyVerifier:
         ttl: float,
         grace: float = 0.0,
     ) -> None:
-        self._static = {digest(k): v for k, v in static.items()}
+        self._static = {
+            digest(k): Grant(v, ident=f"static:{digest(digest(k))[:16]}") for k, v in static.items()
+        }
         self._sessions = sessions
         self._ttl = ttl
         self._grace = max(grace, ttl)
-        # digest -> (verified at (monotonic), scopes or None for unknown/revoked)
-        self._memo: dict[str, tuple[float, frozenset[str] | None]] = {}
+        # digest -> (verified at (monotonic), grant or None for unknown/revoked)
+        self._memo: dict[str, tuple[float, Grant | None]] = {}
         self._generation = 0  # bumped by every forget()
         self._lock = threading.Lock()
         self.outage_accepts = 0  # keys accepted from memory because the database could not be read
         self._ids: dict[int, tuple[float, bool]] = {}  # key id -> (checked at (monotonic), still valid)
 
-    def cached(self, key: str) -> tuple[bool, frozenset[str] | None]:
+    def cached(self, key: str) -> tuple[bool, Grant | None]:
         """(known, scopes) from memory without touching the database."""
         hashed = digest(key)
         for stored, scopes in self._static.items():
@@ -93,7 +202,7 @@ class KeyVerifier:
             return True, entry[1]
         return False, None
 
-    def lookup(self, key: str) -> frozenset[str] | None:
+    def lookup(self, key: str) -> Grant | None:
         """The key's scopes, or None when unknown or revoked (queries the database).
 
         On a database error, a key verified within the outage grace is accepted with its remembered scopes;
@@ -105,9 +214,14 @@ class KeyVerifier:
         try:
             with self._sessions() as session:
                 row = session.execute(
-                    select(ApiKey.key_hash, ApiKey.scopes).where(
-                        ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None)
-                    )
+                    select(
+                        ApiKey.id,
+                        ApiKey.key_hash,
+                        ApiKey.scopes,
+                        ApiKey.kind,
+                        ApiKey.allowed_origins,
+                        ApiKey.rate_limits,
+                    ).where(ApiKey.key_hash == hashed, ApiKey.revoked_at.is_(None))
                 ).first()
         except (OperationalError, InterfaceError, PoolTimeout, DBAPIError):
             with self._lock:
@@ -116,9 +230,7 @@ class KeyVerifier:
                 self.outage_accepts += 1
                 return entry[1]
             raise
-        scopes = (
-            frozenset(row.scopes.split(",")) if row and hmac.compare_digest(row.key_hash, hashed) else None
-        )
+        scopes = _grant(row) if row and hmac.compare_digest(row.key_hash, hashed) else None
         with self._lock:
             if generation == self._generation:  # no revocation since the read began
                 if len(self._memo) > 10_000:
@@ -207,6 +319,9 @@ def describe(row: ApiKey) -> dict[str, object]:
         "prefix": row.prefix,
         "name": row.name,
         "scopes": sorted(row.scopes.split(",")),
+        "kind": row.kind or "secret",
+        "allowed_origins": row.allowed_origins.split(",") if row.allowed_origins else [],
+        "rate_limits": row.rate_limits,
         "created_at": _utc(row.created_at),
         "revoked_at": _utc(row.revoked_at),
     }

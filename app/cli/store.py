@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from app.auth.keys import create_key, describe, list_keys, parse_scopes, revoke_key
+from app.auth import user_tokens
+from app.auth.keys import (
+    PUBLISHABLE_SCOPES,
+    check_rate_limits,
+    create_key,
+    describe,
+    list_keys,
+    parse_origins,
+    parse_scopes,
+    revoke_key,
+)
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.settings import load_settings
@@ -25,13 +35,39 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="create a key",
         description="Create an API key; it is printed once, alone on the last line, and stored hashed.",
     )
-    create.add_argument(
+    kind = create.add_mutually_exclusive_group(required=True)
+    kind.add_argument(
         "--scopes",
-        required=True,
+        default=None,
         help="comma-separated: ingest,read,admin,dashboard (dashboard: view the dashboard only)",
     )
+    kind.add_argument(
+        "--publishable",
+        action="store_true",
+        help="a key safe in page source (pk_...): it may only send events and read recommendations, from "
+        "--origins",
+    )
     create.add_argument("--name", default=None, help="a label to recognise the key by")
+    create.add_argument(
+        "--origins",
+        default=None,
+        help="with --publishable: the allowed origins, comma separated (https://shop.example,https://m.shop.example)",
+    )
+    create.add_argument(
+        "--rate-limits",
+        default=None,
+        help="this key's own limits per route class, e.g. events=100/s,recommend=50/s (over RECO_RATE_LIMITS)",
+    )
     create.set_defaults(handler=cmd_keys_create)
+    token = key_commands.add_parser(
+        "user-token",
+        help="issue a signed user token",
+        description="Print a user token for publishable keys under RECO_REQUIRE_USER_TOKEN, signed with "
+        "RECO_USER_TOKEN_SECRET (what a shop's server does per page view: app.auth.user_tokens.issue).",
+    )
+    token.add_argument("--user", required=True, help="the user id the token names")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.set_defaults(handler=cmd_keys_user_token)
     listing = key_commands.add_parser(
         "list",
         help="list keys",
@@ -60,18 +96,58 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create a key and print it last."""
+    origins: tuple[str, ...] = ()
+    if args.publishable:
+        if not args.origins:
+            raise SystemExit(
+                "--origins: a publishable key needs its allowed origins (--origins https://shop.example)"
+            )
+        try:
+            origins = parse_origins(args.origins)
+        except ValueError as exc:
+            raise SystemExit(f"--origins: {exc}") from None
+        scopes = PUBLISHABLE_SCOPES
+    else:
+        if args.origins is not None:
+            raise SystemExit("--origins: only publishable keys have allowed origins (add --publishable)")
+        try:
+            scopes = parse_scopes(args.scopes)
+        except ValueError as exc:
+            raise SystemExit(f"--scopes: {exc}") from None
     try:
-        scopes = parse_scopes(args.scopes)
+        check_rate_limits(args.rate_limits)
     except ValueError as exc:
-        raise SystemExit(f"--scopes: {exc}") from None
+        raise SystemExit(f"--rate-limits: {exc}") from None
     settings = load_settings()
     engine = make_engine(settings)
     if settings.is_sqlite:
         upgrade(engine)
-    key = run_transaction(make_sessionmaker(engine), lambda s: create_key(s, scopes, args.name))
+    kind = "publishable" if args.publishable else "secret"
+    key = run_transaction(
+        make_sessionmaker(engine),
+        lambda s: create_key(s, scopes, args.name, kind=kind, origins=origins, rate_limits=args.rate_limits),
+    )
     engine.dispose()
-    print(f"created a key with scopes {','.join(sorted(scopes))}; it is shown only now:")
+    if args.publishable:
+        print(f"created a publishable key for {','.join(origins)} (events and recommendations only):")
+    else:
+        print(f"created a key with scopes {','.join(sorted(scopes))}; it is shown only now:")
     print(key)
+    return 0
+
+
+def cmd_keys_user_token(args: argparse.Namespace) -> int:
+    """Print a signed user token last."""
+    settings = load_settings()
+    if not settings.user_token_secret:
+        raise SystemExit("RECO_USER_TOKEN_SECRET: not set; user tokens are signed with it")
+    try:
+        token = user_tokens.issue(args.user, settings.user_token_secret, args.ttl)
+    except ValueError as exc:
+        option = "--ttl" if str(exc).startswith("ttl") else "--user"
+        raise SystemExit(f"{option}: {str(exc).split(': ', 1)[-1]}") from None
+    print(f"a user token for {args.user!r}, valid for {args.ttl} s:")
+    print(token)
     return 0
 
 
@@ -83,10 +159,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         upgrade(engine)
     rows = run_transaction(make_sessionmaker(engine), lambda s: [describe(r) for r in list_keys(s)])
     engine.dispose()
-    print("id\tprefix\tname\tscopes\tcreated_at\trevoked_at")
+    print("id\tprefix\tname\tscopes\tcreated_at\trevoked_at\tkind\torigins\trate_limits")
     for r in rows:
         scopes = ",".join(r["scopes"])  # type: ignore[arg-type]
         fields = [r["id"], r["prefix"], r["name"] or "-", scopes, r["created_at"], r["revoked_at"] or "-"]
+        fields += [r["kind"], ",".join(r["allowed_origins"]) or "-", r["rate_limits"] or "-"]  # type: ignore[arg-type]
         print("\t".join(str(f) for f in fields))
     return 0
 

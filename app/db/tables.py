@@ -151,6 +151,12 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # `secret` (server side) or `publishable` (safe in page source: events and recommendations only)
+    kind: Mapped[str] = mapped_column(String(16), default="secret", server_default="secret")
+    allowed_origins: Mapped[str | None] = mapped_column(Text)  # publishable: comma-separated origins
+    rate_limits: Mapped[str | None] = mapped_column(
+        String(512)
+    )  # this key's own limits (RECO_RATE_LIMITS form)
 
 
 class ModelVersion(Base):

@@ -138,11 +138,35 @@ def list_api_keys(state: Annotated[AppState, Depends(get_state)]) -> dict[str, A
 @router.post("/v1/admin/keys", status_code=201)
 def create_api_key(
     state: Annotated[AppState, Depends(get_state)],
-    body: Annotated[dict[str, Any], Body(examples=[{"scopes": ["read"], "name": "storefront"}])],
+    body: Annotated[
+        dict[str, Any],
+        Body(
+            examples=[
+                {"scopes": ["read"], "name": "storefront"},
+                {"publishable": True, "origins": ["https://shop.example"], "name": "web"},
+                {"scopes": ["ingest"], "rate_limits": "events=200/s"},
+            ]
+        ),
+    ],
 ) -> dict[str, Any]:
-    """A new key; the secret (`key`) is in this answer only."""
+    """A new key; the secret (`key`) is in this answer only. `publishable: true` (with `origins`) makes a key
+    that is safe in page source (events and recommendation reads only); `rate_limits` overrides the
+    configured limits for this key (`events=100/s,recommend=50/s`)."""
     scopes_in, name = body.get("scopes"), body.get("name")
-    if not isinstance(scopes_in, list | str) or (
+    publishable = body.get("publishable", False)
+    if not isinstance(publishable, bool):
+        raise ValidationFailed(
+            "publishable: must be true or false",
+            details=[{"loc": ["publishable"], "msg": "must be a boolean"}],
+        )
+    if publishable:
+        if scopes_in is not None:
+            raise ValidationFailed(
+                "scopes: a publishable key has no scopes to choose (it may send events and read "
+                "recommendations): leave scopes out",
+                details=[{"loc": ["scopes"], "msg": "not allowed with publishable"}],
+            )
+    elif not isinstance(scopes_in, list | str) or (
         isinstance(scopes_in, list) and not all(isinstance(s, str) for s in scopes_in)
     ):
         raise ValidationFailed(
@@ -153,17 +177,60 @@ def create_api_key(
         raise ValidationFailed(
             "name: must be a string of at most 128 characters", details=[{"loc": ["name"], "msg": "invalid"}]
         )
+    origins_in = body.get("origins")
+    origins: tuple[str, ...] = ()
+    if publishable:
+        if not isinstance(origins_in, list | str) or (
+            isinstance(origins_in, list) and not all(isinstance(o, str) for o in origins_in)
+        ):
+            raise ValidationFailed(
+                'origins: a publishable key needs its allowed origins, e.g. ["https://shop.example"]',
+                details=[{"loc": ["origins"], "msg": "is required"}],
+            )
+        try:
+            origins = keys.parse_origins(origins_in)
+        except ValueError as exc:
+            raise ValidationFailed(
+                f"origins: {exc}", details=[{"loc": ["origins"], "msg": str(exc)}]
+            ) from None
+    elif origins_in is not None:
+        raise ValidationFailed(
+            'origins: only publishable keys have allowed origins (add "publishable": true)',
+            details=[{"loc": ["origins"], "msg": "only with publishable"}],
+        )
+    limits_in = body.get("rate_limits")
+    if limits_in is not None and (not isinstance(limits_in, str) or len(limits_in) > 500):
+        raise ValidationFailed(
+            "rate_limits: must be a string such as events=100/s,recommend=50/s",
+            details=[{"loc": ["rate_limits"], "msg": "must be a string"}],
+        )
     try:
-        scopes = keys.parse_scopes(scopes_in)
+        keys.check_rate_limits(limits_in)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"rate_limits: {exc}", details=[{"loc": ["rate_limits"], "msg": str(exc)}]
+        ) from None
+    try:
+        scopes = keys.PUBLISHABLE_SCOPES if publishable else keys.parse_scopes(scopes_in)  # type: ignore[arg-type]
     except ValueError as exc:
         raise ValidationFailed(f"scopes: {exc}", details=[{"loc": ["scopes"], "msg": str(exc)}]) from None
 
     def create(session: Any) -> dict[str, Any]:
-        secret = keys.create_key(session, scopes, name)
+        secret = keys.create_key(
+            session,
+            scopes,
+            name,
+            kind="publishable" if publishable else "secret",
+            origins=origins,
+            rate_limits=limits_in,
+        )
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == keys.digest(secret)))
         return {**keys.describe(row), "key": secret}
 
-    return run_transaction(state.sessions, create)
+    out = run_transaction(state.sessions, create)
+    if publishable and state.origins is not None:
+        state.origins.forget()  # preflights from its origins are answered here at once
+    return out
 
 
 @router.delete("/v1/admin/keys/{key_id}")

@@ -7,9 +7,9 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import BodyTooLarge, KeyFirstRoute, batch_list, get_state, read_json, require
+from app.api.deps import BodyTooLarge, KeyFirstRoute, batch_list, get_state, read_json, require, token_user
 from app.db.engine import run_transaction
-from app.errors import PayloadTooLarge, ValidationFailed
+from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
 from app.events import service
 from app.events.schemas import IngestResult
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["events"], route_class=KeyFirstRoute)
 @router.post(
     "/v1/events",
     response_model=IngestResult,
-    dependencies=[Depends(require("ingest"))],
+    dependencies=[Depends(require("ingest", publishable=True, limit="events"))],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -44,6 +44,15 @@ async def post_events(request: Request) -> IngestResult:
         listed = bool(details) and details[0].get("loc") == ["events"]
         rejected.inc(len(body["events"]) if listed else 1)
         raise
+    uid = token_user(request)
+    if uid is not None:  # a publishable key under RECO_REQUIRE_USER_TOKEN: only the token's user
+        for i, event in enumerate(raw):
+            if isinstance(event, dict) and event.get("user_id") != uid:
+                raise Forbidden(
+                    f"events[{i}].user_id: a publishable key with a user token may only send events of the "
+                    "token's user",
+                    details=[{"loc": ["events", i, "user_id"], "msg": "is not the user token's user"}],
+                )
 
     def work() -> IngestResult:
         batch = service.validate_events(

@@ -36,7 +36,9 @@ from app.validation import describe, summary
 
 log = logging.getLogger(__name__)
 router = APIRouter(
-    tags=["recommendations"], dependencies=[Depends(require("read"))], route_class=KeyFirstRoute
+    tags=["recommendations"],
+    dependencies=[Depends(require("read", publishable=True, limit="recommend"))],
+    route_class=KeyFirstRoute,
 )
 
 ItemId = ItemIdPath
