@@ -32,6 +32,8 @@ from app.registry import jobs
 from app.registry.repository import active_version
 from app.settings import Settings, load_settings
 
+STOREFRONT_PORT = 8080  # where the README serves examples/storefront (the demo's publishable key allows it)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the data commands."""
@@ -270,6 +272,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("the store already holds events: demo data not loaded again")
     key = run_transaction(sessions, lambda s: create_key(s, frozenset({"admin"}), "demo"))
+    storefront = [f"http://{host}:{STOREFRONT_PORT}" for host in ("127.0.0.1", "localhost")]
+    public = run_transaction(
+        sessions,
+        lambda s: create_key(s, frozenset(), "demo storefront", kind="publishable", origins=storefront),
+    )
     first = run_transaction(sessions, queue_first_training)
     if first is not None:
         print(
@@ -285,5 +292,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"http://{args.host}:{args.port}/v1/users/u00001/recommendations?k=5"
         )
         print(f"dashboard: open http://{args.host}:{args.port}/dashboard and sign in with the key above")
+        print(
+            f"example storefront (JS client, publishable key {public} for {storefront[0]}): run "
+            f"`python3 -m http.server {STOREFRONT_PORT}` in the repository root and open "
+            f"{storefront[0]}/examples/storefront/#api=http://{args.host}:{args.port}&key={public}&user=u00001"
+        )
         run_server(args.host, args.port, args.workers)
     return 0

@@ -15,10 +15,10 @@ $("user").value = params.get("user") || "u1";
 
 let reco = null;
 
-function status(text, isError = false) {
+function status(text, isError = false, state = null) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
-  document.body.dataset.state = isError ? "error" : "ok";
+  document.body.dataset.state = state || (isError ? "error" : "ok");
 }
 
 function shelf(id, answer, userId) {
@@ -58,7 +58,7 @@ async function load(event) {
   if (event) event.preventDefault();
   const userId = $("user").value.trim();
   reco = new Reco({ baseUrl: $("api").value.trim(), key: $("key").value.trim(), flushIntervalMs: 2000 });
-  status("Loading…");
+  status("Loading…", false, "loading");
   try {
     const [mine, popular] = await Promise.all([reco.recommend(userId, { k: 8 }), reco.popular({ k: 6 })]);
     shelf("recommended", mine, userId);

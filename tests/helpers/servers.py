@@ -85,7 +85,7 @@ def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90  # generous: a loaded 2-core machine imports torch slowly
             while True:
                 if proc.poll() is not None:
                     log.seek(0)
@@ -97,7 +97,7 @@ def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError("reco serve did not start within 30 s")
+                    raise TimeoutError("reco serve did not start within 90 s")
                 time.sleep(0.1)
             yield base
         finally:
