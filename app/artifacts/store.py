@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from app.ml.model import RecModel
-    from app.ml.train import FitResult
+    from app.ml.result import FitResult
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -91,7 +91,7 @@ def save_version(result: FitResult, artifact_dir: Path, version: str | None = No
     """Write a model version atomically under `artifact_dir` and return its directory."""
     import torch
 
-    from app.ml.train import describe
+    from app.ml.result import describe
 
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from app.events.repository import iter_interactions
 from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.config import TrainConfig
 from app.ml.data import IMPRESSION_KIND, InteractionLog, Negatives
-from app.ml.train import FitResult, ProgressInfo, WarmStart, fit
+from app.ml.result import FitResult
+from app.ml.train import ProgressInfo, WarmStart, fit
 from app.records import ItemRecord, as_utc
 from app.registry import jobs
 from app.registry import repository as registry
