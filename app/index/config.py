@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 ConfigKind = Literal["auto", "flat", "ivf", "hnsw"]
@@ -95,3 +98,10 @@ class IndexConfig:
         else:
             fields = {}
         return [f"{name} {got}, wanted {want}" for name, (got, want) in fields.items() if got != want]
+
+
+def service_index_config(settings: Settings) -> IndexConfig:
+    """The index the service searches with, and so the one the trainer builds into each version (RECO_INDEX_*)."""
+    return IndexConfig(
+        exact_max_items=settings.index_exact_max_items, nprobe=settings.index_nprobe, search_threads=1
+    )

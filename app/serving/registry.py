@@ -1,7 +1,9 @@
 """ModelRegistry: the active model version of this process, loaded in the background and swapped atomically.
 
 Requests read `registry.current` once at their start and use that snapshot to the end, so no answer mixes two
-versions. Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
+versions. A version's FAISS index is memory-mapped from the version directory (the trainer built it); only a
+version without one (older), or whose index file is refused (corrupt, partly written, built with other
+settings), has its index rebuilt here, and that is logged and counted (`index_sources`). Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
 assignment under `_write_lock`; readers never take a lock.
 """
 
@@ -17,8 +19,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts import ArtifactError, load_version
-from app.index import IndexConfig, ItemIndex
+from app.artifacts import ArtifactError, LoadedModel, load_version
+from app.artifacts.store import load_index
+from app.index import IndexConfig, IndexFileError, ItemIndex
 from app.records import as_utc
 from app.registry.repository import active_version
 from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
@@ -58,6 +61,8 @@ class ModelRegistry:
         # Versions an experiment's variants pin, served beside the active one (kept current with the catalog).
         self.pinned: dict[str, ServingModel] = {}
         self.wanted_pinned: set[str] = set()
+        # How each loaded version's index came to be: "mapped" from its file, or "rebuilt" from its vectors.
+        self.index_sources: dict[str, int] = {"mapped": 0, "rebuilt": 0}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -167,8 +172,41 @@ class ModelRegistry:
         loaded = load_version(self.artifact_dir / version)
         if loaded.version != version:
             raise ArtifactError(f"{self.artifact_dir / version}: manifest says version {loaded.version}")
-        index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
-        return ServingModel.create(loaded, index)
+        return ServingModel.create(loaded, self._open_index(loaded))
+
+    def _open_index(self, loaded: LoadedModel) -> ItemIndex:
+        """The version's own index memory-mapped; else (none, or refused) one built from its vectors, logged."""
+        started = time.perf_counter()
+        try:
+            index = load_index(loaded, self.index_config)
+        except (IndexFileError, OSError, ValueError) as exc:
+            if "index" in loaded.manifest:
+                log.warning(
+                    "version %s: its index file is refused (%s); rebuilding the index", loaded.version, exc
+                )
+            else:
+                log.info(
+                    "version %s has no index file (an older version); building the index", loaded.version
+                )
+            index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
+            self.index_sources["rebuilt"] += 1
+            log.info(
+                "version %s: %s index of %d rows built in %.2f s",
+                loaded.version,
+                index.kind,
+                index.ntotal,
+                time.perf_counter() - started,
+            )
+            return index
+        self.index_sources["mapped"] += 1
+        log.info(
+            "version %s: %s index of %d rows memory-mapped from its file in %.3f s",
+            loaded.version,
+            index.kind,
+            index.ntotal,
+            time.perf_counter() - started,
+        )
+        return index
 
     def _load(self, version: str) -> None:
         started = time.perf_counter()

@@ -319,7 +319,7 @@ def plan_run(session: Session, settings: Settings, params: Mapping[str, Any]) ->
 
 def warm_start_from(path: Path, since: float | None) -> WarmStart:
     """The active version's weights, item ids and event types, to continue from."""
-    loaded = load_version(path)
+    loaded = load_version(path, mmap=False)  # trained further: its own memory, not a map of the file
     return WarmStart(loaded.model, list(loaded.item_ids), list(loaded.type_names), since)
 
 
