@@ -274,7 +274,7 @@ def load_version(path: Path, *, mmap: bool = True) -> LoadedModel:
         raise ArtifactError(f"{path / MODEL_FILE}: the state_dict lacks items.features")
     # Built on the meta device (no memory, no random init of an [N, d+1] table: ~1 s at 1M items), then the
     # loaded tensors are assigned in place of the parameters instead of being copied into them.
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_meta_init():
         model = RecModel(len(item_ids), len(manifest["type_names"]), features, config.model)
     try:
         model.load_state_dict(state, assign=True)
@@ -283,6 +283,41 @@ def load_version(path: Path, *, mmap: bool = True) -> LoadedModel:
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ArtifactError(f"{path / MODEL_FILE}: the state_dict leaves some weights of the model unset")
     return LoadedModel(manifest, model, item_ids, vectors.astype(np.float32, copy=False), path)
+
+
+_INIT_OPS = frozenset(
+    {
+        "normal_", "uniform_", "zero_", "fill_", "constant_", "zeros_", "ones_", "trunc_normal_",
+        "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+    }
+)  # fmt: skip
+
+
+def _skip_meta_init() -> Any:
+    """A torch function mode (this thread only) skipping the weight initialisers on meta tensors.
+
+    Initialising a meta tensor computes nothing, but torch routes it through its Python reference kernels,
+    whose first use imports torch._dynamo: ~2 s of every process's first version load. The loaded weights
+    replace every initialised tensor anyway (`load_state_dict(assign=True)`).
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipMetaInit(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            target = args[0] if args else kwargs.get("tensor")
+            if (
+                getattr(func, "__name__", "") in _INIT_OPS
+                and isinstance(target, torch.Tensor)
+                and target.is_meta
+            ):
+                return target
+            return func(*args, **kwargs)
+
+    return SkipMetaInit()
 
 
 class LoadedModel:
