@@ -15,12 +15,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import load_version, save_version
@@ -290,3 +292,48 @@ def test_the_serving_path_imports_no_training_code(store, tmp_path: Path) -> Non
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["version"] == "v1" and report["mapped"] and report["status"] == 200, report
     assert report["training_modules"] == [], report
+
+
+def test_mapped_and_read_versions_hold_the_same_model(store) -> None:
+    """`load_version` maps the vectors and weights read-only by default; `mmap=False` (warm starts) owns them."""
+    sessions, artifact_dir = store
+    path = publish(sessions, artifact_dir, "v1")
+    mapped, read = load_version(path), load_version(path, mmap=False)
+    assert isinstance(mapped.item_vectors, np.memmap) and not mapped.item_vectors.flags.writeable
+    assert not isinstance(read.item_vectors, np.memmap) and read.item_vectors.flags.writeable
+    np.testing.assert_array_equal(mapped.item_vectors, read.item_vectors)
+    for (name, a), (_, b) in zip(
+        mapped.model.state_dict().items(), read.model.state_dict().items(), strict=True
+    ):
+        assert not a.is_meta and torch.equal(a, b), name
+    history = [(item, "view") for item in trained(0).item_ids[:6]]
+    np.testing.assert_allclose(mapped.query_vector(history), read.query_vector(history), rtol=1e-6)
+
+
+def test_skipping_initialisers_for_a_load_leaves_other_threads_alone() -> None:
+    """The meta-device build of a load skips weight initialisers in its own thread only: a model built
+    meanwhile by another thread (the embedded trainer) is initialised as usual."""
+    from app.artifacts.store import _skip_meta_init
+    from app.ml.config import ModelConfig
+    from app.ml.model import RecModel
+
+    entered, built = threading.Event(), threading.Event()
+    models: list[RecModel] = []
+
+    def other_thread() -> None:
+        entered.wait(10)
+        models.append(
+            RecModel(50, 4, torch.zeros((50, 2), dtype=torch.long), ModelConfig(d=8, max_features=2))
+        )
+        built.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    with torch.device("meta"), _skip_meta_init():
+        meta = RecModel(50, 4, torch.zeros((50, 2), dtype=torch.long), ModelConfig(d=8, max_features=2))
+        entered.set()
+        assert built.wait(30)
+    thread.join(10)
+    assert all(p.is_meta for p in meta.parameters())
+    weights = models[0].towers[0].items.id_table.weight
+    assert not weights.is_meta and float(weights.detach()[:, :-1].std()) > 0.1
