@@ -107,8 +107,8 @@ def save_version(
     """Write a model version atomically under `artifact_dir` and return its directory.
 
     With `with_index` the FAISS index over the item vectors is built here (by `index_config`, default
-    IndexConfig(); serving should pass the one it searches with, `Settings.index_config()`) and written into
-    the version, so that serving maps it instead of building it.
+    IndexConfig(); the trainer passes the one serving searches with, `service_index_config(settings)`) and
+    written into the version, so that serving maps it instead of building it.
     """
     import torch
 
@@ -203,6 +203,8 @@ def load_index(loaded: LoadedModel, config: IndexConfig) -> ItemIndex:
     (kind, IVF lists, HNSW links): the caller then builds the index from the vectors instead.
     """
     info = loaded.manifest.get("index")
+    if loaded.path is None:
+        raise IndexFileError(f"version {loaded.version}: not read from a version directory")
     if not isinstance(info, dict):
         raise IndexFileError(
             f"{loaded.path}: the version has no index file (written before indexes were saved)"
@@ -337,7 +339,7 @@ class LoadedModel:
 
         from app.ml.fast_user import NumpyUserEncoder
 
-        self.path = Path(path) if path is not None else Path(".")
+        self.path = Path(path) if path is not None else None  # the version directory it was read from
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.model = model.eval()

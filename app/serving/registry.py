@@ -1,10 +1,13 @@
 """ModelRegistry: the active model version of this process, loaded in the background and swapped atomically.
 
 Requests read `registry.current` once at their start and use that snapshot to the end, so no answer mixes two
-versions. A version's FAISS index is memory-mapped from the version directory (the trainer built it); only a
-version without one (older), or whose index file is refused (corrupt, partly written, built with other
-settings), has its index rebuilt here, and that is logged and counted (`index_sources`). Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
+versions. Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
 assignment under `_write_lock`; readers never take a lock.
+
+A version's FAISS index is memory-mapped from the version directory (the trainer built it there); only a version
+without one (older), or whose index file is refused (missing, partly written, corrupt, not the version's own,
+built with other structural settings), has its index rebuilt here from the verified vectors: logged, and
+counted in `index_sources`.
 """
 
 from __future__ import annotations
