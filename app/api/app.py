@@ -33,7 +33,7 @@ from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
 from app.events.service import compact_rollup
 from app.fence import AckAfterFence, Fence
-from app.index import IndexConfig
+from app.index import service_index_config
 from app.index.engine import open_engine
 from app.rules.book import PlacementBook
 from app.rules.spec import RotationIn
@@ -57,9 +57,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     registry = ModelRegistry(
         sessions,
         settings.artifact_dir,
-        IndexConfig(
-            exact_max_items=settings.index_exact_max_items, nprobe=settings.index_nprobe, search_threads=1
-        ),
+        service_index_config(settings),
         model_poll_seconds=settings.model_poll_seconds,
         catalog_poll_seconds=settings.catalog_poll_seconds,
         engine=open_engine(settings.vector_engine, timeout_s=settings.vector_engine_timeout_s),

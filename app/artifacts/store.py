@@ -2,7 +2,14 @@
 
 Layout: `manifest.json` (version, config, data statistics, metrics, file checksums), `model.pt` (state_dict,
 read with `weights_only=True`), `item_vectors.npy` ([N, d+1] float32: (v, b), read with
-`allow_pickle=False`) and `item_ids.json` (row i of the vectors). Nothing is pickled.
+`allow_pickle=False`), `item_ids.json` (row i of the vectors) and `item_index.faiss` with its sidecar
+`item_index.faiss.json` (the FAISS index over the vectors, built by the trainer; its checksum is in the manifest
+and in the sidecar). Nothing is pickled.
+
+The artifact is the whole hand-off: serving memory-maps the index, the vectors and the weights (`load_version`,
+`load_index`) instead of rebuilding anything, so a 1M-item version opens in seconds and the API processes of a
+host share one copy of those pages. A version written before the index joined the artifact, or whose index is
+corrupt or was built with other structural settings, is still served: the registry rebuilds its index (logged).
 
 torch and the training stack are imported only inside the functions that need them (a version is written or
 loaded), so that `import app.api.app` stays light: a `--workers N` server's workers must answer uvicorn's
@@ -23,19 +30,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.index import IndexConfig, IndexFileError, ItemIndex
 from app.records import ItemRecord
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from app.ml.model import RecModel
-    from app.ml.train import FitResult
+    from app.ml.result import FitResult
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.pt"
 VECTORS_FILE = "item_vectors.npy"
 IDS_FILE = "item_ids.json"
+INDEX_FILE = "item_index.faiss"
 DATA_FILES = (MODEL_FILE, VECTORS_FILE, IDS_FILE)
 
 
@@ -87,11 +96,23 @@ def item_table(model: RecModel) -> np.ndarray:
         return model.item_vectors(None).float().cpu().numpy().astype(np.float32)
 
 
-def save_version(result: FitResult, artifact_dir: Path, version: str | None = None) -> Path:
-    """Write a model version atomically under `artifact_dir` and return its directory."""
+def save_version(
+    result: FitResult,
+    artifact_dir: Path,
+    version: str | None = None,
+    *,
+    index_config: IndexConfig | None = None,
+    with_index: bool = True,
+) -> Path:
+    """Write a model version atomically under `artifact_dir` and return its directory.
+
+    With `with_index` the FAISS index over the item vectors is built here (by `index_config`, default
+    IndexConfig(); the trainer passes the one serving searches with, `service_index_config(settings)`) and
+    written into the version, so that serving maps it instead of building it.
+    """
     import torch
 
-    from app.ml.train import describe
+    from app.ml.result import describe
 
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +127,10 @@ def save_version(result: FitResult, artifact_dir: Path, version: str | None = No
     try:
         model = result.model.cpu().eval()
         torch.save(model.state_dict(), tmp / MODEL_FILE)
-        np.save(tmp / VECTORS_FILE, item_table(model), allow_pickle=False)
+        table = item_table(model)  # [N, d+1]
+        np.save(tmp / VECTORS_FILE, table, allow_pickle=False)
         (tmp / IDS_FILE).write_text(json.dumps(result.item_ids), encoding="utf-8")
+        index_info = _write_index(table, tmp, index_config or IndexConfig()) if with_index else None
         summary = describe(result)
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -123,6 +146,8 @@ def save_version(result: FitResult, artifact_dir: Path, version: str | None = No
             "parameters": summary["parameters"],
             "files": {name: _sha256(tmp / name) for name in DATA_FILES},
         }
+        if index_info is not None:
+            manifest["index"] = index_info
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         for name in (*DATA_FILES, MANIFEST):
             with (tmp / name).open("rb") as f:
@@ -151,8 +176,71 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_version(path: Path) -> LoadedModel:
-    """Load a version directory, refusing missing or corrupt files with an error naming the file."""
+def _write_index(table: np.ndarray, directory: Path, config: IndexConfig) -> dict[str, Any]:
+    """Build the index over `table` [N, d+1], write it with its sidecar into `directory`; the manifest entry."""
+    import time
+
+    started = time.perf_counter()
+    index = ItemIndex.build(table, config)
+    index.save(directory / INDEX_FILE)
+    meta = json.loads((directory / f"{INDEX_FILE}.json").read_text(encoding="utf-8"))
+    return {
+        "file": INDEX_FILE,
+        "kind": index.kind,
+        "rows": index.ntotal,
+        "size": meta["size"],
+        "sha256": meta["sha256"],
+        "build_s": round(time.perf_counter() - started, 3),
+    }
+
+
+def load_index(loaded: LoadedModel, config: IndexConfig) -> ItemIndex:
+    """The version's own index, memory-mapped read-only, searching with `config`'s settings.
+
+    Raises IndexFileError naming the reason when the version has no index (written before indexes joined the
+    artifact), when the file is missing, partly written or corrupt (its size and sha256 must match both its
+    sidecar and the manifest), or when it was built with other structural settings than `config` would use
+    (kind, IVF lists, HNSW links): the caller then builds the index from the vectors instead.
+    """
+    info = loaded.manifest.get("index")
+    if loaded.path is None:
+        raise IndexFileError(f"version {loaded.version}: not read from a version directory")
+    if not isinstance(info, dict):
+        raise IndexFileError(
+            f"{loaded.path}: the version has no index file (written before indexes were saved)"
+        )
+    name = info.get("file")
+    if not isinstance(name, str) or name != Path(name).name or name.startswith("."):
+        raise IndexFileError(
+            f"{loaded.path / MANIFEST}: index file name {name!r} is not a file of the version"
+        )
+    path = loaded.path / name
+    if not path.is_file():
+        raise IndexFileError(f"{path}: missing (the manifest names it)")
+    saved = ItemIndex.saved_config(path)
+    n_items = len(loaded.item_ids)
+    if differences := config.build_differences(saved, n_items):
+        raise IndexFileError(f"{path}: built with {', '.join(differences)}")
+    meta = json.loads((path.parent / f"{name}.json").read_text(encoding="utf-8"))
+    if (meta.get("sha256"), meta.get("size")) != (info.get("sha256"), info.get("size")):
+        raise IndexFileError(
+            f"{path}: its sidecar's checksum differs from the manifest's (not this version's)"
+        )
+    index = ItemIndex.load(path, config, mmap=True)  # checks the file's size and sha256 against the sidecar
+    dim = int(loaded.item_vectors.shape[1])
+    if (index.ntotal, index.dim) != (n_items, dim):
+        raise IndexFileError(
+            f"{path}: holds {index.ntotal} rows of {index.dim}, the version {n_items} of {dim}"
+        )
+    return index
+
+
+def load_version(path: Path, *, mmap: bool = True) -> LoadedModel:
+    """Load a version directory, refusing missing or corrupt files with an error naming the file.
+
+    `mmap`: the item vectors and the weights are memory-mapped (copy-on-write for the weights) rather than
+    read into this process, after their checksums are verified: processes serving one version share the pages.
+    """
     import torch
 
     from app.ml.config import TrainConfig
@@ -173,8 +261,8 @@ def load_version(path: Path) -> LoadedModel:
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path / MANIFEST}: bad config ({exc})") from exc
     try:
-        state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
-        vectors = np.load(path / VECTORS_FILE, allow_pickle=False)
+        state = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True, mmap=mmap)
+        vectors = np.load(path / VECTORS_FILE, allow_pickle=False, mmap_mode="r" if mmap else None)
         item_ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
     except Exception as exc:  # any decoding failure is a corrupt file
         raise ArtifactError(f"{path}: cannot read the model files ({exc})") from exc
@@ -186,24 +274,72 @@ def load_version(path: Path) -> LoadedModel:
     features = state.get("members.0.items.features")
     if not isinstance(features, torch.Tensor):
         raise ArtifactError(f"{path / MODEL_FILE}: the state_dict lacks items.features")
-    model = RecModel(len(item_ids), len(manifest["type_names"]), features, config.model)
+    # Built on the meta device (no memory, no random init of an [N, d+1] table: ~1 s at 1M items), then the
+    # loaded tensors are assigned in place of the parameters instead of being copied into them.
+    with torch.device("meta"), _skip_meta_init():
+        model = RecModel(len(item_ids), len(manifest["type_names"]), features, config.model)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         raise ArtifactError(f"{path / MODEL_FILE}: state_dict does not fit the manifest ({exc})") from exc
-    return LoadedModel(manifest, model, item_ids, vectors.astype(np.float32, copy=False))
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ArtifactError(f"{path / MODEL_FILE}: the state_dict leaves some weights of the model unset")
+    return LoadedModel(manifest, model, item_ids, vectors.astype(np.float32, copy=False), path)
+
+
+_INIT_OPS = frozenset(
+    {
+        "normal_", "uniform_", "zero_", "fill_", "constant_", "zeros_", "ones_", "trunc_normal_",
+        "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+    }
+)  # fmt: skip
+
+
+def _skip_meta_init() -> Any:
+    """A torch function mode (this thread only) skipping the weight initialisers on meta tensors.
+
+    Initialising a meta tensor computes nothing, but torch routes it through its Python reference kernels,
+    whose first use imports torch._dynamo: ~2 s of every process's first version load. The loaded weights
+    replace every initialised tensor anyway (`load_state_dict(assign=True)`).
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipMetaInit(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            target = args[0] if args else kwargs.get("tensor")
+            if (
+                getattr(func, "__name__", "") in _INIT_OPS
+                and isinstance(target, torch.Tensor)
+                and target.is_meta
+            ):
+                return target
+            return func(*args, **kwargs)
+
+    return SkipMetaInit()
 
 
 class LoadedModel:
     """A served model version: item vectors for the index, and the user tower for real-time queries."""
 
     def __init__(
-        self, manifest: dict[str, Any], model: RecModel, item_ids: list[str], item_vectors: np.ndarray
+        self,
+        manifest: dict[str, Any],
+        model: RecModel,
+        item_ids: list[str],
+        item_vectors: np.ndarray,
+        path: Path | None = None,
     ) -> None:
+        import warnings
+
         import torch
 
         from app.ml.fast_user import NumpyUserEncoder
 
+        self.path = Path(path) if path is not None else None  # the version directory it was read from
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.model = model.eval()
@@ -212,7 +348,9 @@ class LoadedModel:
         self.row_of = {item: row for row, item in enumerate(item_ids)}
         self.type_names: list[str] = list(manifest["type_names"])
         self._type_of = {name: code for code, name in enumerate(self.type_names)}
-        self._table = torch.from_numpy(item_vectors)  # [N, d+1]
+        with warnings.catch_warnings():  # a read-only memory map: the table is only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self._table = torch.from_numpy(item_vectors)  # [N, d+1]
         self.max_len = model.cfg.max_len
         self.dim = model.dim
         self._fast = NumpyUserEncoder.from_model(model)  # query_vector's numpy user tower

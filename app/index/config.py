@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 ConfigKind = Literal["auto", "flat", "ivf", "hnsw"]
@@ -73,3 +76,32 @@ class IndexConfig:
         """Number of IVF lists for `n_items` rows: the configured one, else about sqrt(N), at most N."""
         nlist = self.nlist if self.nlist is not None else max(1, round(math.sqrt(n_items)))
         return max(1, min(nlist, n_items))
+
+    def build_differences(self, built: IndexConfig, n_items: int) -> list[str]:
+        """How an index built with `built` over `n_items` rows differs in structure from one this config builds
+        (kind, IVF lists and k-means sampling, HNSW links); [] when they are the same. Search settings (nprobe,
+        efSearch, threads) are not structure: they apply to either."""
+        mine, theirs = self.resolve_kind(n_items), built.resolve_kind(n_items)
+        if mine != theirs:
+            return [f"kind {theirs}, wanted {mine}"]
+        if mine == "ivf":
+            fields = {
+                "nlist": (built.ivf_nlist(n_items), self.ivf_nlist(n_items)),
+                "train_points_per_list": (built.train_points_per_list, self.train_points_per_list),
+                "seed": (built.seed, self.seed),
+            }
+        elif mine == "hnsw":
+            fields = {
+                "M": (built.M, self.M),
+                "ef_construction": (built.ef_construction, self.ef_construction),
+            }
+        else:
+            fields = {}
+        return [f"{name} {got}, wanted {want}" for name, (got, want) in fields.items() if got != want]
+
+
+def service_index_config(settings: Settings) -> IndexConfig:
+    """The index the service searches with, and so the one the trainer builds into each version (RECO_INDEX_*)."""
+    return IndexConfig(
+        exact_max_items=settings.index_exact_max_items, nprobe=settings.index_nprobe, search_threads=1
+    )

@@ -38,6 +38,25 @@ class Eligibility:
         """Whether some row of the index is not eligible."""
         return self.n_eligible < self.n_total
 
+    def head(self, n: int) -> Eligibility:
+        """The eligibility of rows 0..n-1 alone (a memory-mapped index's own rows, without its in-memory tail)."""
+        excluded = self.excluded[self.excluded < n]
+        if self.mask is None:
+            return Eligibility(n, n - excluded.size, None, excluded)
+        mask = self.mask[:n]
+        return Eligibility(n, int(np.count_nonzero(mask)), mask, excluded)
+
+    def tail_mask(self, start: int) -> np.ndarray | None:
+        """Bool [n_total - start]: which rows from `start` on are eligible; None when all of them are."""
+        if self.mask is not None:
+            return self.mask[start:]
+        after = self.excluded[self.excluded >= start] - start
+        if not after.size:
+            return None
+        keep = np.ones(self.n_total - start, dtype=bool)
+        keep[after] = False
+        return keep
+
     def rows(self) -> np.ndarray:
         """The eligible rows, ascending: int64 [n_eligible] (meant for small eligible sets)."""
         if self.mask is not None:

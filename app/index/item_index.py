@@ -11,11 +11,18 @@ Threads inside a search: OpenMP's thread count is a per-thread setting, so every
 calling thread (`IndexConfig.search_threads`, 1 by default: a web process answers one user per request and
 gets its parallelism from concurrent requests, and a single query gains nothing from an OpenMP team anyway).
 `build` uses `IndexConfig.build_threads` (0: every CPU) the same way and restores the caller's setting after.
+
+Memory-mapped indexes (`load(path, mmap=True)`, what serving opens from a model version): FAISS maps the file's
+vectors read-only, so N processes on a host share one copy of its pages, and such an index cannot grow (FAISS
+aborts the process). Rows added to it (items created after training) go to an in-memory tail instead, scored
+exactly in numpy and merged with the mapped rows' results: the row numbering and every search contract stay
+the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -35,14 +42,49 @@ _PAD_SCORE = np.float32(-np.inf)
 OVERFETCH_MAX_EXCLUDED = 512
 
 
+class _Tail:
+    """Rows appended to a memory-mapped index: float32 vectors in memory, grown by doubling under the write lock."""
+
+    __slots__ = ("n", "vectors")
+
+    def __init__(self, dim: int) -> None:
+        self.vectors = np.empty((0, dim), dtype=np.float32)  # [capacity, D]
+        self.n = 0
+
+    def view(self) -> np.ndarray:
+        """The rows held: [n, D]."""
+        return self.vectors[: self.n]
+
+    def append(self, x: np.ndarray) -> None:
+        """Append rows [m, D]."""
+        need = self.n + x.shape[0]
+        if need > self.vectors.shape[0]:
+            grown = np.empty((max(need, 2 * self.vectors.shape[0], 64), x.shape[1]), dtype=np.float32)
+            grown[: self.n] = self.vectors[: self.n]
+            self.vectors = grown  # readers hold the read lock, so none sees the swap half done
+        self.vectors[self.n : need] = x
+        self.n = need
+
+
 class ItemIndex:
     """A FAISS inner-product index over item vectors; build or load it, never construct it directly."""
 
-    def __init__(self, index: faiss.Index, kind: IndexKind, config: IndexConfig, lock: ReadWriteLock) -> None:
+    def __init__(
+        self,
+        index: faiss.Index,
+        kind: IndexKind,
+        config: IndexConfig,
+        lock: ReadWriteLock,
+        *,
+        mapped: bool = False,
+        tail: _Tail | None = None,
+    ) -> None:
         self._index = index
         self._kind: IndexKind = kind
         self._config = config
         self._lock = lock
+        self._mapped = mapped
+        self._tail = tail if tail is not None else _Tail(int(index.d))
 
     # ---- construction -------------------------------------------------------------------------------------
 
@@ -65,11 +107,13 @@ class ItemIndex:
         return cls(index, kind, config, ReadWriteLock())
 
     @classmethod
-    def load(cls, path: Path, config: IndexConfig | None = None) -> ItemIndex:
-        """Read an index written by `save`; `config` (optional) replaces the saved search settings."""
+    def load(cls, path: Path, config: IndexConfig | None = None, *, mmap: bool = False) -> ItemIndex:
+        """Read an index written by `save`, checked against its sidecar (size, sha256, kind, shape): a corrupt or
+        partly written file raises IndexFileError. `config` (optional) replaces the saved search settings.
+        `mmap`: map the file's vectors read-only instead of reading them (see the module docstring)."""
         path = Path(path)
         sidecar = read_sidecar(path)
-        index = read_index_file(path)
+        index = read_index_file(path, mmap=mmap)
         expected = {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}
         if sidecar.kind not in expected or not isinstance(index, expected[sidecar.kind]):
             raise IndexFileError(
@@ -86,12 +130,27 @@ class ItemIndex:
             index.make_direct_map()
         if config is None:
             config = _config_from_dict(sidecar.config, path)
-        return cls(index, sidecar.kind, config, ReadWriteLock())  # type: ignore[arg-type]
+        return cls(index, sidecar.kind, config, ReadWriteLock(), mapped=mmap)  # type: ignore[arg-type]
+
+    @staticmethod
+    def saved_config(path: Path) -> IndexConfig:
+        """The build settings recorded in the sidecar of index file `path` (checks the sidecar only)."""
+        path = Path(path)
+        meta_path = path.with_name(path.name + ".json")
+        try:
+            raw = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexFileError(f"{meta_path}: unreadable index sidecar ({exc!r})") from exc
+        return _config_from_dict(dict(raw), path)
 
     def save(self, path: Path) -> None:
         """Write the index to `path` and its sidecar `<path>.json`, each atomically (temp file, then rename)."""
         with self._lock.read():  # a concurrent add would be torn; concurrent searches are harmless
-            write_index_files(self._index, Path(path), self._kind, dataclasses.asdict(self._config))
+            index = self._index
+            if self._tail.n:  # a mapped index with rows beside it: write one owned copy holding them all
+                index = faiss.deserialize_index(faiss.serialize_index(self._index))
+                index.add(self._tail.view())
+            write_index_files(index, Path(path), self._kind, dataclasses.asdict(self._config))
 
     def with_search_params(self, **changes: Any) -> ItemIndex:
         """A view of the same index (rows, lock) searching with other settings, e.g. `nprobe=32`."""
@@ -100,14 +159,31 @@ class ItemIndex:
             raise ValueError(
                 f"with_search_params: {sorted(unknown)} cannot change after build ({sorted(allowed)})"
             )
-        return ItemIndex(self._index, self._kind, dataclasses.replace(self._config, **changes), self._lock)
+        return ItemIndex(
+            self._index,
+            self._kind,
+            dataclasses.replace(self._config, **changes),
+            self._lock,
+            mapped=self._mapped,
+            tail=self._tail,
+        )
 
     # ---- properties ---------------------------------------------------------------------------------------
 
     @property
     def ntotal(self) -> int:
         """Number of rows."""
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) + self._tail.n
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the FAISS structure is memory-mapped read-only from its file (`load(..., mmap=True)`)."""
+        return self._mapped
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows added to a mapped index, held in memory beside it."""
+        return self._tail.n
 
     @property
     def dim(self) -> int:
@@ -133,7 +209,8 @@ class ItemIndex:
         return self.ntotal
 
     def __repr__(self) -> str:
-        return f"ItemIndex(kind={self._kind!r}, ntotal={self.ntotal}, dim={self.dim})"
+        mapped = ", mapped" if self._mapped else ""
+        return f"ItemIndex(kind={self._kind!r}, ntotal={self.ntotal}, dim={self.dim}{mapped})"
 
     # ---- mutation and reads -------------------------------------------------------------------------------
 
@@ -143,7 +220,9 @@ class ItemIndex:
         self._check_dim(x, "vectors")
         with self._lock.write(), _omp_threads(self._config.build_threads or _cpu_count()):
             start = self.ntotal
-            if x.shape[0]:
+            if x.shape[0] and self._mapped:
+                self._tail.append(x)  # a mapped index cannot grow: FAISS would abort the process
+            elif x.shape[0]:
                 self._index.add(x)  # IVF: assigned to the trained lists; the direct map follows
         return np.arange(start, start + x.shape[0], dtype=np.int64)
 
@@ -154,7 +233,7 @@ class ItemIndex:
             if ids.size and (ids.min() < 0 or ids.max() >= self.ntotal):
                 bad = ids[(ids < 0) | (ids >= self.ntotal)][0]
                 raise ValueError(f"rows: {bad} is not a row of this index (0..{self.ntotal - 1})")
-            return self._index.reconstruct_batch(ids) if ids.size else np.empty((0, self.dim), np.float32)
+            return self._vectors_of(ids) if ids.size else np.empty((0, self.dim), np.float32)
 
     def search(
         self,
@@ -223,7 +302,13 @@ class ItemIndex:
         if k_eff <= 0:
             return scores, rows
         fetched = min(k_eff + excluded.size, self.ntotal)
-        found_s, found_r = self._index.search(q, fetched, params=self._params(None))  # [Q, F], [Q, F]
+        if self._tail.n:  # the mapped rows' best and the tail's best, merged: [Q, F], [Q, F]
+            base_n = int(self._index.ntotal)
+            found_s, found_r = _merge(
+                *self._search_base_plain(q, min(fetched, base_n)), *self._tail_top(q, fetched, None), fetched
+            )
+        else:
+            found_s, found_r = self._index.search(q, fetched, params=self._params(None))  # [Q, F], [Q, F]
         keep = found_r >= 0  # [Q, F]
         if excluded.size:  # membership by binary search in the sorted exclusions (np.isin costs ~20 us)
             at = np.minimum(np.searchsorted(excluded, found_r), excluded.size - 1)  # [Q, F]
@@ -237,7 +322,57 @@ class ItemIndex:
         return scores, rows
 
     def _search_faiss(self, q: np.ndarray, k: int, eligible: Eligibility) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search under the eligibility selector; queries an approximate pass left short are redone exactly."""
+        """FAISS search under the eligibility selector; queries an approximate pass left short are redone exactly.
+
+        With a tail (rows added to a mapped index): the mapped rows' top-k and the tail's exact top-k, merged."""
+        if not self._tail.n:
+            return self._search_selected(q, k, eligible)
+        base_n = int(self._index.ntotal)
+        head = eligible.head(base_n)
+        k_head = min(k, head.n_eligible)
+        if k_head:
+            base_s, base_r = self._search_selected(q, k_head, head)  # [Q, k_head]
+        else:
+            base_s, base_r = _empty_found(q.shape[0])
+        return _merge(base_s, base_r, *self._tail_top(q, k, eligible.tail_mask(base_n)), k)
+
+    def _search_base_plain(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The FAISS structure's own top-k, no selector: [Q, k] each (k may be 0)."""
+        if k <= 0:
+            return _empty_found(q.shape[0])
+        return self._index.search(q, k, params=self._params(None))
+
+    def _tail_top(self, q: np.ndarray, k: int, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of the tail rows set in `keep` (bool [tail], None: all): scores, global rows [Q, <=k]."""
+        tail = self._tail.view()  # [m, D]
+        sims = q @ tail.T  # [Q, m]
+        n_keep = tail.shape[0]
+        if keep is not None:
+            sims[:, ~keep] = _PAD_SCORE
+            n_keep = int(np.count_nonzero(keep))
+        k = min(k, n_keep)
+        if k <= 0:
+            return _empty_found(q.shape[0])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.argsort(-sims, axis=1)
+        top_s = np.take_along_axis(sims, top, axis=1)  # [Q, k]
+        order = np.argsort(-top_s, axis=1, kind="stable")  # [Q, k]
+        rows = np.take_along_axis(top, order, axis=1)[:, :k].astype(np.int64) + int(self._index.ntotal)
+        return np.take_along_axis(top_s, order, axis=1)[:, :k], rows
+
+    def _vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of in-range rows `ids` [n] (mapped rows from FAISS, tail rows from memory): [n, D]."""
+        if not self._tail.n:
+            return self._index.reconstruct_batch(ids)
+        base_n = int(self._index.ntotal)
+        out = np.empty((ids.size, self.dim), dtype=np.float32)  # [n, D]
+        in_base = ids < base_n
+        if in_base.any():
+            out[in_base] = self._index.reconstruct_batch(ids[in_base])
+        out[~in_base] = self._tail.vectors[ids[~in_base] - base_n]
+        return out
+
+    def _search_selected(self, q: np.ndarray, k: int, eligible: Eligibility) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search of its own rows under the eligibility selector (short queries redone exactly)."""
         selector, keep_alive = eligible.selector()
         scores, rows = self._index.search(q, k, params=self._params(selector))  # [Q, k], [Q, k]
         short = np.flatnonzero((rows < 0).any(axis=1))  # [S] queries with fewer than k eligible rows found
@@ -253,7 +388,7 @@ class ItemIndex:
 
     def _search_subset(self, q: np.ndarray, k: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over a small set of eligible rows, scored in numpy."""
-        vecs = self._index.reconstruct_batch(subset)  # [E, D]
+        vecs = self._vectors_of(subset)  # [E, D]
         sims = q @ vecs.T  # [Q, E]
         if k < subset.size:
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [Q, k] unordered
@@ -285,6 +420,22 @@ class ItemIndex:
         if isinstance(self._index, faiss.IndexHNSW):
             return faiss.downcast_index(self._index.storage)
         return self._index
+
+
+def _empty_found(n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """No hits: scores float32 [Q, 0], rows int64 [Q, 0]."""
+    return np.empty((n_queries, 0), dtype=np.float32), np.empty((n_queries, 0), dtype=np.int64)
+
+
+def _merge(
+    s1: np.ndarray, r1: np.ndarray, s2: np.ndarray, r2: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best k of two result sets (scores [Q, a], [Q, b]; rows, -1 for none), best first; ties keep the first."""
+    scores = np.concatenate([s1, s2], axis=1)  # [Q, a+b]
+    rows = np.concatenate([r1, r2], axis=1)  # [Q, a+b]
+    scores = np.where(rows < 0, _PAD_SCORE, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # [Q, k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def _trained_ivf(x: np.ndarray, config: IndexConfig) -> faiss.IndexIVFFlat:

@@ -17,6 +17,7 @@ from app.ml.config import TrainConfig
 from app.ml.data import InteractionLog, Negatives, Split, UserNegatives, leave_one_out_split, user_negatives
 from app.ml.features import feature_matrix
 from app.ml.model import RecModel, TwoTower
+from app.ml.result import FitResult, describe  # noqa: F401  (describe: re-exported for older callers)
 from app.ml.scoring import evaluate_model
 from app.ml.trainer import Trainer, resolve_device, type_weights
 from app.ml.windows import Sequences, Windows, make_windows
@@ -36,20 +37,6 @@ class ProgressInfo:
     elapsed_s: float
     eta_s: float
     sequences_per_s: float
-
-
-@dataclass
-class FitResult:
-    """A trained model (CPU, eval mode) with its id maps, metrics, data statistics and timings."""
-
-    model: RecModel
-    config: TrainConfig
-    item_ids: list[str]
-    type_names: list[str]
-    metrics: dict[str, Any]
-    data_stats: dict[str, Any]
-    timings: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class WarmStartError(ValueError):
@@ -566,18 +553,3 @@ def fit(
     )
     per_user = None if negatives is None else user_negatives(split, negatives, log.items)
     return fit_split(split, items, config, holdout=0, progress=progress, warm=warm, negatives=per_user)
-
-
-def describe(result: FitResult) -> dict[str, Any]:
-    """JSON-able summary of a fit (config, metrics, data statistics, timings)."""
-    return {
-        "config": result.config.to_dict(),
-        "metrics": result.metrics,
-        "data": result.data_stats,
-        "timings": result.timings,
-        "parameters": int(sum(p.numel() for p in result.model.parameters())),
-        "lr_schedule": f"linear warm-up then {result.config.lr_schedule}",
-        "softmax": "sampled" if len(result.item_ids) > result.config.full_softmax_max_items else "full",
-        "epochs_run": sum(1 for h in result.history if h["stage"].startswith("train")),
-        "log2_items": math.log2(max(len(result.item_ids), 1)),
-    }

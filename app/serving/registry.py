@@ -3,6 +3,11 @@
 Requests read `registry.current` once at their start and use that snapshot to the end, so no answer mixes two
 versions. Writers (the model loader, the catalog sync) build a new snapshot and publish it with one reference
 assignment under `_write_lock`; readers never take a lock.
+
+A version's FAISS index is memory-mapped from the version directory (the trainer built it there); only a version
+without one (older), or whose index file is refused (missing, partly written, corrupt, not the version's own,
+built with other structural settings), has its index rebuilt here from the verified vectors: logged, and
+counted in `index_sources`.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts import ArtifactError, load_version
-from app.index import IndexConfig
+from app.artifacts import ArtifactError, LoadedModel, load_version
+from app.artifacts.store import load_index
+from app.index import IndexConfig, IndexFileError, ItemIndex
 from app.index.engine import FaissEngine, VectorEngine
 from app.records import as_utc
 from app.registry.repository import active_version
@@ -62,6 +68,8 @@ class ModelRegistry:
         # Versions an experiment's variants pin, served beside the active one (kept current with the catalog).
         self.pinned: dict[str, ServingModel] = {}
         self.wanted_pinned: set[str] = set()
+        # How each loaded version's index came to be: "mapped" from its file, or "rebuilt" from its vectors.
+        self.index_sources: dict[str, int] = {"mapped": 0, "rebuilt": 0}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -190,6 +198,8 @@ class ModelRegistry:
         loaded = load_version(self.artifact_dir / version)
         if loaded.version != version:
             raise ArtifactError(f"{self.artifact_dir / version}: manifest says version {loaded.version}")
+        if isinstance(self.engine, FaissEngine):  # in process: the version's own index file, memory-mapped
+            return ServingModel.create(loaded, self._open_index(loaded))
         # Complete before it is returned (Milvus: every row inserted, indexed and loaded): a swap never serves
         # a half-built index.
         index = self.engine.build(loaded.item_vectors, self.index_config, label=version)  # [N, d+1]
@@ -198,6 +208,40 @@ class ModelRegistry:
         except BaseException:
             self.engine.retire(index)
             raise
+
+    def _open_index(self, loaded: LoadedModel) -> ItemIndex:
+        """The version's own index memory-mapped; else (none, or refused) one built from its vectors, logged."""
+        started = time.perf_counter()
+        try:
+            index = load_index(loaded, self.index_config)
+        except (IndexFileError, OSError, ValueError) as exc:
+            if "index" in loaded.manifest:
+                log.warning(
+                    "version %s: its index file is refused (%s); rebuilding the index", loaded.version, exc
+                )
+            else:
+                log.info(
+                    "version %s has no index file (an older version); building the index", loaded.version
+                )
+            index = ItemIndex.build(loaded.item_vectors, self.index_config)  # [N, d+1]
+            self.index_sources["rebuilt"] += 1
+            log.info(
+                "version %s: %s index of %d rows built in %.2f s",
+                loaded.version,
+                index.kind,
+                index.ntotal,
+                time.perf_counter() - started,
+            )
+            return index
+        self.index_sources["mapped"] += 1
+        log.info(
+            "version %s: %s index of %d rows memory-mapped from its file in %.3f s",
+            loaded.version,
+            index.kind,
+            index.ntotal,
+            time.perf_counter() - started,
+        )
+        return index
 
     def _load(self, version: str) -> None:
         started = time.perf_counter()

@@ -23,7 +23,8 @@ from app.events.repository import iter_interactions
 from app.ml.cleaning import CleaningRules, clean_log, format_report
 from app.ml.config import TrainConfig
 from app.ml.data import IMPRESSION_KIND, InteractionLog, Negatives
-from app.ml.train import FitResult, ProgressInfo, WarmStart, fit
+from app.ml.result import FitResult
+from app.ml.train import ProgressInfo, WarmStart, fit
 from app.records import ItemRecord, as_utc
 from app.registry import jobs
 from app.registry import repository as registry
@@ -318,7 +319,7 @@ def plan_run(session: Session, settings: Settings, params: Mapping[str, Any]) ->
 
 def warm_start_from(path: Path, since: float | None) -> WarmStart:
     """The active version's weights, item ids and event types, to continue from."""
-    loaded = load_version(path)
+    loaded = load_version(path, mmap=False)  # trained further: its own memory, not a map of the file
     return WarmStart(loaded.model, list(loaded.item_ids), list(loaded.type_names), since)
 
 

@@ -22,6 +22,7 @@ from app.artifacts import save_version
 from app.artifacts.store import ArtifactError
 from app.db.engine import run_transaction
 from app.db.tables import utcnow
+from app.index import service_index_config
 from app.ml.config import TrainConfig
 from app.ml.train import ProgressInfo, WarmStart, WarmStartError
 from app.registry import jobs
@@ -210,7 +211,7 @@ class Worker:
             if plan.base is not None and result.metrics.get("mode") == "incremental":
                 result.metrics["warm_started_from"] = plan.base
             started = time.perf_counter()
-            saved = save_version(result, self.artifact_dir)
+            saved = save_version(result, self.artifact_dir, index_config=service_index_config(self.settings))
             stats, timings = describe_run(data, result, time.perf_counter() - started)
             heartbeat.stop()
             if heartbeat.lost.is_set():

@@ -56,9 +56,29 @@ def world() -> tuple[np.ndarray, np.ndarray]:
     return clustered(N_ITEMS, N_QUERIES)
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
-def built(request: pytest.FixtureRequest, world: tuple[np.ndarray, np.ndarray]) -> ItemIndex:
-    return ItemIndex.build(world[0], CONFIGS[request.param])
+# "mapped": the index of the first MAPPED_ROWS items saved, opened memory-mapped (as serving opens a model
+# version's index) and the rest added, so they live in the in-memory tail beside the read-only mapped rows.
+MAPPED_ROWS = 2600
+
+
+@pytest.fixture(
+    scope="module", params=[(kind, layout) for kind in sorted(CONFIGS) for layout in ("built", "mapped")]
+)
+def built(
+    request: pytest.FixtureRequest,
+    world: tuple[np.ndarray, np.ndarray],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ItemIndex:
+    kind, layout = request.param
+    if layout == "built":
+        return ItemIndex.build(world[0], CONFIGS[kind])
+    path = tmp_path_factory.mktemp(f"mapped-{kind}") / "items.faiss"
+    ItemIndex.build(world[0][:MAPPED_ROWS], CONFIGS[kind]).save(path)
+    index = ItemIndex.load(path, mmap=True)
+    assert index.mapped and index.kind == kind
+    np.testing.assert_array_equal(index.add(world[0][MAPPED_ROWS:]), np.arange(MAPPED_ROWS, N_ITEMS))
+    assert index.tail_rows == N_ITEMS - MAPPED_ROWS
+    return index
 
 
 def assert_consistent(index: ItemIndex, items: np.ndarray, queries: np.ndarray, scores, rows) -> None:
@@ -213,6 +233,40 @@ def test_concurrent_searches_while_adding(world) -> None:
         t.join()
     assert not errors, errors[0]
     assert index.ntotal == N_ITEMS
+
+
+def test_concurrent_searches_while_adding_to_a_mapped_index(world, tmp_path) -> None:
+    items, queries = world
+    path = tmp_path / "items.faiss"
+    ItemIndex.build(items[:1000], CONFIGS["ivf"]).save(path)
+    index = ItemIndex.load(path, mmap=True)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                scores, rows = index.search(queries[:4], K, exclude=[0, 1, 2])
+                assert (rows >= 0).all() and rows.max() < index.ntotal
+                assert not np.isin(rows, [0, 1, 2]).any()
+                np.testing.assert_allclose(
+                    scores[:, 0], np.einsum("qd,qd->q", items[rows[:, 0]], queries[:4]), rtol=1e-4
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for start in range(1000, N_ITEMS, 250):
+        index.add(items[start : start + 250])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert index.ntotal == N_ITEMS and index.tail_rows == N_ITEMS - 1000
+    _, rows = index.search(queries, K)
+    assert recall(rows, brute_force(items, queries, K)) >= 0.9
 
 
 def test_search_keeps_the_callers_thread_count(world) -> None:

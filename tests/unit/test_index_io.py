@@ -45,6 +45,60 @@ def test_save_load_round_trip_gives_identical_results(tmp_path: Path, name: str)
     np.testing.assert_array_equal(loaded.add(vectors(5, seed=4)), np.arange(850, 855))
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_memory_mapped_load_gives_identical_results_and_grows_beside_the_file(
+    tmp_path: Path, name: str
+) -> None:
+    index = ItemIndex.build(vectors(800), CONFIGS[name])
+    path = tmp_path / "items.faiss"
+    index.save(path)
+    read = ItemIndex.load(path)
+    mapped = ItemIndex.load(path, mmap=True)
+    assert mapped.mapped and not read.mapped and not index.mapped
+    queries = vectors(20, seed=2)
+    allowed = np.random.default_rng(3).random(800) < 0.5
+    for kwargs in ({}, {"exclude": [1, 2, 3]}, {"allowed": allowed}, {"exclude": np.arange(600)}):
+        for a, b in zip(
+            read.search(queries, 10, **kwargs), mapped.search(queries, 10, **kwargs), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    # FAISS aborts the process when a mapped index grows: the rows go beside it, and the file is untouched.
+    before = path.read_bytes()
+    extra = vectors(30, seed=4) * 10.0  # the new rows win every query
+    np.testing.assert_array_equal(mapped.add(extra), np.arange(800, 830))
+    assert (mapped.ntotal, mapped.tail_rows) == (830, 30) and path.read_bytes() == before
+    np.testing.assert_allclose(mapped.vectors([0, 805]), np.vstack([vectors(800)[0], extra[5]]))
+    assert (mapped.search(queries, 5)[1] >= 800).all()
+    # Saving a mapped index with rows beside it writes one index holding them all.
+    copy = tmp_path / "copy.faiss"
+    mapped.save(copy)
+    again = ItemIndex.load(copy)
+    assert again.ntotal == 830
+    if name == "flat":
+        np.testing.assert_array_equal(again.search(queries, 10)[1], mapped.search(queries, 10)[1])
+
+
+def test_memory_mapped_load_refuses_a_corrupt_or_truncated_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.faiss"
+    ItemIndex.build(vectors(300), CONFIGS["ivf"]).save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match=r"items\.faiss.*corrupt"):
+        ItemIndex.load(path, mmap=True)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # a half-written file
+    with pytest.raises(IndexFileError, match=r"items\.faiss.*corrupt or partially written"):
+        ItemIndex.load(path, mmap=True)
+
+
+def test_build_differences_name_the_structural_settings() -> None:
+    wanted = IndexConfig(exact_max_items=100, nprobe=4)
+    assert wanted.build_differences(IndexConfig(exact_max_items=100, nprobe=32), 5000) == []
+    assert wanted.build_differences(IndexConfig(exact_max_items=10_000), 5000) == ["kind flat, wanted ivf"]
+    assert wanted.build_differences(IndexConfig(exact_max_items=100, nlist=7), 5000) == ["nlist 7, wanted 71"]
+    assert IndexConfig(kind="hnsw").build_differences(IndexConfig(kind="hnsw", M=8), 10) == ["M 8, wanted 32"]
+
+
 def test_load_with_other_search_settings(tmp_path: Path) -> None:
     path = tmp_path / "items.faiss"
     ItemIndex.build(vectors(500), CONFIGS["ivf"]).save(path)
