@@ -14,6 +14,7 @@ import pytest
 from app.cache import Cache, MemoryCache, RedisCache
 from app.cache import keys as cache_keys
 from app.cache.base import UserAnswer, UserLookup
+from app.cache.redis import _user_keys
 from tests.conftest import CACHES, IN_CI, REDIS_URL
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_cluster import redis_cluster
@@ -244,3 +245,52 @@ def test_two_prefixes_on_one_redis_never_meet(redis_prefix: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.fixture
+def cluster_cache(cluster_url: str, redis_prefix: str) -> Iterator[RedisCache]:
+    impl = RedisCache(cluster_url, prefix=redis_prefix)
+    yield impl
+    impl.close()
+
+
+def test_a_cluster_epoch_never_goes_back_after_its_master_lost_it(cluster_cache: RedisCache) -> None:
+    """The epoch's master restarted empty while the user's master kept its answers: the epoch starts again at
+    the server's time (ms), past every value it had, so no answer stamped before the loss matches again."""
+    cache = cluster_cache
+    key = cache_keys.recommendations("u1", "v1", "k=10")
+    old = cache.lookup_user("u1", key, 10)
+    assert old.epoch > 1_000_000_000_000  # created at the server's time in ms
+    assert _store(cache, "u1", old, b"before", [_entry(1, "i1")])
+    assert cache.lookup_user("u1", key, 10).answer == b"before"
+    time.sleep(0.002)
+    cache._client.delete(cache.prefix + cache_keys.EPOCH, cache.prefix + cache_keys.FENCE)  # the loss
+    after = cache.lookup_user("u1", key, 10)
+    assert after.epoch > old.epoch and after.answer is None and after.history is None
+    cache.fence = 5  # a lost fence copy too: the first lookup that knows a fence bumps the epoch once more
+    assert cache.lookup_user("u1", key, 10).epoch == after.epoch + 1
+
+
+def test_a_cluster_list_filled_under_another_epoch_is_dropped_not_appended_to(
+    cluster_cache: RedisCache,
+) -> None:
+    """`record_events` reads the epoch, then runs in the user's slot: when the epoch moved in between and a
+    list was filled under the new one, appending the event to the old epoch's list would leave the new list
+    without it. The script drops a list of any other epoch instead (the next read refills it from the store)."""
+    cache = cluster_cache
+    key = cache_keys.recommendations("u1", "v1", "k=10")
+    stale = cache.epoch()
+    cache.incr_many([cache_keys.EPOCH])
+    looked = cache.lookup_user("u1", key, 10)
+    assert looked.epoch == stale + 1
+    assert _store(cache, "u1", looked, b"a", [_entry(1, "i1")])
+    assert cache.lookup_user("u1", cache_keys.recommendations("u1", "v2", "k"), 10).history == [
+        _entry(1, "i1"),
+        b"",
+    ]
+    script_keys = [cache.prefix + k for k in _user_keys("u1")]  # generation, list, list's epoch
+    cache._record_script(
+        cache._client, script_keys, [10, 60, stale, 1, _entry(2, "i2")]
+    )  # the epoch read before
+    later = cache.lookup_user("u1", cache_keys.recommendations("u1", "v2", "k"), 10)
+    assert later.generation == looked.generation + 1 and later.history is None
