@@ -462,24 +462,16 @@ class RedisCache:
         """INCR each key in one server-side script per slot (one command, however many keys); False (and a
         missed write) when Redis is unusable. In a cluster the epoch is bumped by its own script (created at
         the server's time first, see the module docstring)."""
-        done = True
         epoch = self._k(keys.EPOCH)
+        calls: list[tuple[list[str], list[Any]]] = []
+        bump = False
         for slot_keys in self._by_slot(map(self._k, key_list)).values() if key_list else ():
             counters = [k for k in slot_keys if not (self.cluster and k == epoch)]
-
-            def bump(c: Any) -> bool:
-                self._bump_script(c, [epoch], [])
-                return True
-
-            def incr(c: Any, g: list[str] = counters) -> bool:
-                self._incr_script(c, g, [])
-                return True
-
-            if len(counters) < len(slot_keys):
-                done &= self._call("bump", bump, False, write=True, key=epoch)
+            bump |= len(counters) < len(slot_keys)
             if counters:
-                done &= self._call("incr", incr, False, write=True, key=counters[0])
-        return done
+                calls.append((counters, []))
+        done = self._run_scripts("bump", self._bump_script, [([epoch], [])]) if bump else True
+        return self._run_scripts("incr", self._incr_script, calls) and done
 
     # ---- the epoch and the user scripts ---------------------------------------------------------------------
 
@@ -604,7 +596,7 @@ class RedisCache:
         for user_id in updates:
             slot = _slot(self._k(keys.user_generation(user_id))) if self.cluster else 0
             groups.setdefault(slot, []).append(user_id)
-        done = True
+        calls: list[tuple[list[str], list[Any]]] = []
         for users in groups.values():
             script_keys: list[str] = []
             args: list[bytes | str | int] = [max_len, ttl_seconds, epoch]
@@ -614,12 +606,34 @@ class RedisCache:
                 args += [-1 if entries is None else len(entries), *(entries or [])]
             if not self.cluster:
                 script_keys.append(self._k(keys.EPOCH))
+            calls.append((script_keys, args))
+        return self._run_scripts("record_events", self._record_script, calls)
 
-            def run(c: Any, k: list[str] = script_keys, a: list[Any] = args) -> bool:
-                self._record_script(c, k, a)
+    def _run_scripts(self, what: str, script: _Script, calls: list[tuple[list[str], list[Any]]]) -> bool:
+        """Write scripts, each on one slot: one round trip per node (a pipeline when a node has several); False
+        (and a missed write) when a node is unusable; the other nodes' scripts still run."""
+        by_node: dict[str, list[tuple[list[str], list[Any]]]] = {}
+        for call in calls:
+            by_node.setdefault(self._node(call[0][0]), []).append(call)
+        done = True
+        for node_calls in by_node.values():
+
+            def run(c: Any, todo: list[tuple[list[str], list[Any]]] = node_calls) -> bool:
+                if len(todo) == 1:
+                    script(c, *todo[0])
+                    return True
+                pipe = c.pipeline(transaction=False)
+                for script_keys, args in todo:
+                    # (ClusterPipeline refuses its evalsha method, not the command: routed by the keys)
+                    pipe.execute_command("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+                for (script_keys, args), result in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                    if isinstance(result, NoScriptError):
+                        script(c, script_keys, args)  # EVAL: loads it on that node
+                    elif isinstance(result, Exception):
+                        raise result
                 return True
 
-            done &= self._call("record_events", run, False, write=True, key=script_keys[0])
+            done &= self._call(what, run, False, write=True, key=node_calls[0][0][0])
         return done
 
     def delete_prefix(self, prefix: str) -> None:

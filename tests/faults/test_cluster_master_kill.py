@@ -1,4 +1,5 @@
-"""Serving through a real three-master Redis Cluster when one master is SIGKILLed mid-test (issue 14, item 3).
+"""Serving through a real three-master Redis Cluster when one master is SIGKILLed (or SIGSTOPped: a hung host
+that holds its connections open) mid-test (issue 14, item 3).
 
 First the fault is shown seen (every live node flags the master failed, the cache counts errors, /readyz reports
 the cache unavailable), then what survived: users whose keys lived on the dead master get 200s computed without
@@ -30,7 +31,9 @@ from tests.conftest import ADMIN_KEY, IN_CI, READ_KEY, auth
 from tests.helpers.redis_cluster import RedisClusterProcs, redis_cluster
 from tests.serving_support import load_shop, register, trained
 
-BOUND_S = 1.0  # the most one answer may take while a master is dead (socket timeouts are 0.25 s)
+# the most one answer may take while a master is dead or hung: socket timeouts are 0.25 s, the cluster client
+# retries once (after re-reading the slot map), then the node's circuit breaker answers at once for 1 s
+BOUND_S = 1.5  # two socket timeouts (0.5 s) and the answer's own work, on a loaded machine
 URL = "/v1/users/{}/recommendations"
 
 
@@ -61,8 +64,9 @@ def _buy(client: TestClient, user: str, items: list[str]) -> None:
     assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
 
 
-def test_a_master_killed_mid_test_degrades_answers_to_uncached_never_to_errors(
-    cluster: RedisClusterProcs, tmp_path: Path
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_master_lost_mid_test_degrades_answers_to_uncached_never_to_errors(
+    fault: str, cluster: RedisClusterProcs, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'reco.db'}"
     engine = make_engine(Settings(database_url=url))
@@ -102,12 +106,14 @@ def test_a_master_killed_mid_test_degrades_answers_to_uncached_never_to_errors(
         assert client.get("/readyz").json()["checks"]["cache"] == "ok"
         errors_before = state.cache.stats.errors
 
-        cluster.kill(victim)
+        getattr(cluster, fault)(victim)
         # the fault is seen: by the cluster, by the cache's counter, by the health check
         assert cluster.wait_marked_failed(victim) == "ok"  # the others still serve their slots
         timings.clear()
         for user in on_victim:
-            for _ in range(3):  # the first meets the dead node, the next ones the open breaker
+            for _ in range(
+                3
+            ):  # the first meets the dead node (or its timeouts), the next ones the open breaker
                 status, cache, items = _get(client, user, timings)
                 assert (status, cache, items) == (200, "miss", before[user])
         assert state.cache.stats.errors > errors_before
@@ -139,5 +145,4 @@ def test_a_master_killed_mid_test_degrades_answers_to_uncached_never_to_errors(
         assert _get(client, other, timings)[1] == "miss"
         assert _get(client, other, timings)[1] == "hit"
 
-    print(f"slowest answer with a master dead: {max(timings):.3f} s over {len(timings)}")
     assert max(timings) < BOUND_S, f"slowest answer with a master dead: {max(timings):.3f} s"

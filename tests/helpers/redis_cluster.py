@@ -26,7 +26,7 @@ class RedisClusterProcs:
 
     ports: list[int]
     procs: list[subprocess.Popen[bytes]]
-    killed: set[int] = field(default_factory=set)
+    killed: set[int] = field(default_factory=set)  # killed or stopped: not asked any more
 
     @property
     def url(self) -> str:
@@ -69,6 +69,11 @@ class RedisClusterProcs:
         proc = self.procs[self.ports.index(port)]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+        self.killed.add(port)
+
+    def stop(self, port: int) -> None:
+        """SIGSTOP one master: it keeps its sockets and answers nothing (a hung host); killed at the end."""
+        self.procs[self.ports.index(port)].send_signal(signal.SIGSTOP)
         self.killed.add(port)
 
     def wait_marked_failed(self, port: int, timeout: float = 10.0) -> str:

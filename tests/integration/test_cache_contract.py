@@ -153,6 +153,22 @@ def test_history_is_stored_only_if_nothing_changed_and_events_go_on_top(cache: C
     assert cache.lookup_user("u2", other2, 10).history is None
 
 
+def test_one_events_batch_of_many_users_reaches_each_of_them(cache: Cache) -> None:
+    """In a cluster the users of one batch lie in many slots on every master: each gets its own script (one
+    pipeline per master)."""
+    users = [f"many{n}" for n in range(30)]
+    for user in users[:20]:  # a held list for 20 of them
+        looked = cache.lookup_user(user, cache_keys.recommendations(user, "v1", "k"), 10)
+        assert _store(cache, user, looked, b"a", [_entry(1, "old")])
+    assert cache.record_events({u: [_entry(2, f"new-{u}")] for u in users}, 10, 60)
+    assert cache.incr_many([cache_keys.user_generation(u) for u in users[:10]])
+    gens = cache.get_many([cache_keys.user_generation(u) for u in users])
+    assert gens == [b"2"] * 10 + [b"1"] * 20
+    for n, user in enumerate(users):
+        held = cache.lookup_user(user, cache_keys.recommendations(user, "v2", "k"), 10).history
+        assert held == ([_entry(2, f"new-{user}"), _entry(1, "old"), b""] if n < 20 else None), user
+
+
 def test_an_epoch_bump_orphans_every_history_list(cache: Cache) -> None:
     key = cache_keys.recommendations("u1", "v1", "k=10")
     looked = cache.lookup_user("u1", key, 10)
