@@ -3,7 +3,9 @@
 Both are private servers started here on loopback (no persistence), measured in alternating rounds in the same
 run: a lookup that hits (one script on one server; the epoch script, then the user's, in a cluster), a lookup
 that misses and its store, an events batch of 1 user and of 100 users (one script on one server; one per slot
-in a cluster). Reported: calls/s on each and the cluster's ratio to one server (the baseline).
+in a cluster). Reported: calls/s on each and the cluster's ratio to one server (the baseline), and the
+commands the servers executed per call (from INFO stats: a count, not a timing, so the machine's load does not
+move it).
 
     .venv/bin/python scripts/bench_cache_cluster.py --update-docs
 """
@@ -11,11 +13,14 @@ in a cluster). Reported: calls/s on each and the cluster's ratio to one server (
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,6 +82,16 @@ def prime(cache: RedisCache, users: list[str]) -> None:
         assert cache.store_user(u, looked, UserAnswer(key, BODY, 600, None, 0))
 
 
+def commands(ports: list[int]) -> int:
+    """Commands executed so far by the servers on `ports` (this INFO itself not counted)."""
+    total = 0
+    for port in ports:
+        client = redis.Redis(port=port)
+        total += int(client.info("stats")["total_commands_processed"])
+        client.close()
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
@@ -89,14 +104,19 @@ def main() -> None:
             "one server": RedisCache(f"redis://127.0.0.1:{port}/0", timeout=2.0),
             "cluster (3 masters)": RedisCache(cluster.url, timeout=2.0),
         }
+        ports = {"one server": [port], "cluster (3 masters)": cluster.ports}
         rates: dict[str, dict[str, list[float]]] = {name: {} for name in caches}
+        per_call: dict[str, dict[str, float]] = {name: {} for name in caches}
         for r in range(args.rounds):
             for name, cache in caches.items():  # alternating: both see the same machine load
                 prime(cache, users)  # the events of the last round moved every generation
                 for label, fn in workloads(cache, users).items():
+                    before = commands(ports[name])
                     started = time.perf_counter()
                     calls = fn(r)
                     rates[name].setdefault(label, []).append(calls / (time.perf_counter() - started))
+                    executed = commands(ports[name]) - before - len(ports[name])  # less the first INFOs
+                    per_call[name][label] = executed / calls
         for cache in caches.values():
             assert cache.stats.errors == 0, "a cache call failed during the benchmark"
             cache.close()
@@ -110,14 +130,18 @@ def main() -> None:
         " three-master Redis Cluster (loopback, no persistence), in alternating rounds; medians of the rounds."
         " The cluster's lookup is two round trips (the epoch's slot, then the user's), its events batch one"
         " script per slot. One client thread on a shared 2-core machine measures the per-call cost, not the"
-        " cluster's capacity (which grows with its masters).",
+        " cluster's capacity (which grows with its masters); this machine was shared and loaded (load average"
+        f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end), so calls/s move a lot between runs;"
+        " the commands per call do not.",
         "",
-        f"| call | {base}, calls/s | {clus}, calls/s | cluster / one server |",
-        "|---|---|---|---|",
+        f"| call | {base}, calls/s | {clus}, calls/s | cluster / one server | commands per call, one server"
+        " / cluster |",
+        "|---|---|---|---|---|",
     ]
     for label in rates[base]:
         a, b = statistics.median(rates[base][label]), statistics.median(rates[clus][label])
-        lines.append(f"| {label} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+        cmds = f"{per_call[base][label]:.2f} / {per_call[clus][label]:.2f}"
+        lines.append(f"| {label} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {cmds} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.update_docs:
