@@ -358,6 +358,8 @@ class RedisCache:
         self, what: str, fn: Callable[[Any], T], default: T, *, write: bool = False, key: str | None = None
     ) -> T:
         """`fn(client)` on the node of `key` (prefixed; None: the epoch's), or `default` when that fails."""
+        if not self._usable(write, []):  # the whole cache is out (checked first: no client is made then)
+            return default
         try:
             nodes = self._route(key)
         except _ERRORS as exc:  # a cluster's client could not be made: no node answers
@@ -374,6 +376,8 @@ class RedisCache:
             return default
 
     async def _acall(self, what: str, fn: Callable[[Any], Awaitable[T]], default: T, *, key: str) -> T:
+        if not self._usable(False, []):
+            return default
         try:
             nodes = self._route(key)
         except _ERRORS as exc:

@@ -18,7 +18,7 @@ from app.cache.redis import _user_keys
 from tests.conftest import CACHES, IN_CI, REDIS_URL
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis_cluster import redis_cluster
-from tests.helpers.servers import private_redis
+from tests.helpers.servers import free_port, private_redis
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,20 @@ def test_a_cluster_list_filled_under_another_epoch_is_dropped_not_appended_to(
     )  # the epoch read before
     later = cache.lookup_user("u1", cache_keys.recommendations("u1", "v2", "k"), 10)
     assert later.generation == looked.generation + 1 and later.history is None
+
+
+def test_an_unreachable_cluster_degrades_to_misses_quickly() -> None:
+    """No node of the URL answers (nothing listens): no client can even be made. Every call answers its
+    default at once after the first failure (the breaker), nothing raises, writes count as missed."""
+    cache = RedisCache(f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}", retry_after=5)
+    missed: list[int] = []
+    cache.on_missed_write = lambda: missed.append(1)
+    started = time.monotonic()
+    assert cache.get("reco:t:k") is None
+    assert cache.lookup_user("u1", cache_keys.recommendations("u1", "v1", "k"), 5) == UserLookup()
+    assert cache.record_events({"u1": [_entry(1, "i1")]}, 5, 60) is False
+    assert cache.incr_many([cache_keys.EPOCH]) is False
+    assert cache.epoch() == 0 and cache.ping() is False
+    assert time.monotonic() - started < 3
+    assert cache.stats.errors >= 4 and len(missed) == 2
+    cache.close()
