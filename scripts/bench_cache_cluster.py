@@ -2,8 +2,8 @@
 
 Both are private servers started here on loopback (no persistence), measured in alternating rounds in the same
 run: a lookup that hits (one script on one server; the epoch script, then the user's, in a cluster), a lookup
-that misses and its store, an events batch of 1 user and of 100 users (one script on one server; one per slot
-in a cluster). Reported: calls/s on each and the cluster's ratio to one server (the baseline), and the
+that misses and its store, an events batch of 1 user and of 100 users (one script on one server; one per slot,
+pipelined per master, in a cluster). Reported: calls/s on each and the cluster's ratio to one server (the baseline), and the
 commands the servers executed per call (from INFO stats: a count, not a timing, so the machine's load does not
 move it).
 
@@ -129,7 +129,8 @@ def main() -> None:
         + "`: the same `RedisCache` calls, one client thread, on a private redis-server and on a private"
         " three-master Redis Cluster (loopback, no persistence), in alternating rounds; medians of the rounds."
         " The cluster's lookup is two round trips (the epoch's slot, then the user's), its events batch one"
-        " script per slot. One client thread on a shared 2-core machine measures the per-call cost, not the"
+        ' script per slot, pipelined per master (one round trip each); "commands per call" counts what the'
+        " servers executed, the scripts' own calls included. One client thread on a shared 2-core machine measures the per-call cost, not the"
         " cluster's capacity (which grows with its masters); this machine was shared and loaded (load average"
         f" {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end), so calls/s move a lot between runs;"
         " the commands per call do not.",
