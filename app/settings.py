@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from app.redis_url import CLUSTER_SCHEMES, parse_cluster_url
+
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
     "click": 2.0,
@@ -67,7 +69,11 @@ class Settings(BaseSettings):
         default="sqlite:///./var/reco.db",
         description="sqlite:///path or postgresql://user@host/db; the service picks its driver",
     )
-    redis_url: str | None = Field(default=None, description="redis://host:port/db; unset = in-process cache")
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db, or a Redis Cluster as redis+cluster://host:port[,host:port...] "
+        "(rediss+cluster:// for TLS; any one reachable node finds the rest); unset = in-process cache",
+    )
     redis_prefix: str = Field(
         default="",
         max_length=100,
@@ -459,8 +465,15 @@ class Settings(BaseSettings):
     def _check_redis(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+            )
+        if value.startswith(CLUSTER_SCHEMES):
+            try:
+                parse_cluster_url(value)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("vector_engine")
@@ -481,6 +494,16 @@ class Settings(BaseSettings):
                 )
             return value
         raise ValueError("must be faiss, milvus://host:port or milvus-lite:///path/file.db")
+
+    @model_validator(mode="after")
+    def _check_cluster_prefix(self) -> Settings:
+        if (
+            self.redis_url
+            and self.redis_url.startswith(CLUSTER_SCHEMES)
+            and re.search(r"[{}]", self.redis_prefix)
+        ):
+            raise ValueError("redis_prefix may not hold { or } with a Redis Cluster (braces are hash tags)")
+        return self
 
     @field_validator("event_weights")
     @classmethod

@@ -61,13 +61,15 @@ HistoryUpdate = list[bytes] | None  # a user's new entries, oldest first; None: 
 class Cache(Protocol):
     """Bytes in, bytes out. Every method swallows backend failures (logged and counted) and returns a miss.
 
-    The user methods keep, per user, a generation counter and a list of their latest events (newest first,
+    The user methods keep, per user (`answer_key` is always one of the user's keys, `keys.recommendations`: a
+    Redis Cluster keeps them in one slot), a generation counter and a list of their latest events (newest first,
     ending with the marker b"" when the list holds the whole history), each atomically:
     - `lookup_user`: the generation, the epoch, the answer under `answer_key` if its stamp matches both, and,
       when it does not, the first `history_count` list entries (None when no list is held);
     - `store_user`: store an answer stamped with the generation and epoch it was computed under and, when
       given, the list read from the database; only if both counters still hold (else an event may have been
-      missed, or the answer is stale already: nothing is stored);
+      missed, or the answer is stale already: nothing is stored; a Redis Cluster checks the generation only,
+      and what it stores under an old epoch is never served, its stamp and list epoch no longer matching);
     - `alookup_user` / `astore_user`: the same for the event loop (Redis: an asyncio client, so the loop serves
       other requests while one waits);
     - `record_events`: after events commit, bump each user's generation and put the new entries on a held

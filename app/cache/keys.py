@@ -1,6 +1,11 @@
 """Every cache key of the service, in one place.
 
 Ids are written as `len:id` so that one id's keys are never a prefix of another's (`a` vs `a:b`).
+
+Key format 2 (issue 14, Redis Cluster): every key of one user carries the hash tag `{u:len:id}`, so the user
+scripts (generation, answers, latest-events list) touch one hash slot; the epoch and the fence copy share the
+tag `{g}`. Keys of the first format (`reco:gen:...`, `reco:epoch`, `reco:sim:...`) are simply never read again:
+cold cache, expiring by their TTLs (the counters, kept without one, are a few bytes per user).
 """
 
 from __future__ import annotations
@@ -8,8 +13,12 @@ from __future__ import annotations
 import hashlib
 
 PREFIX = "reco:"
-EPOCH = PREFIX + "epoch"  # bumped when a write may have been missed: every derived answer becomes unreachable
-FENCE = PREFIX + "fence"  # the cache's copy of the database fence (app/fence.py): older means bump the epoch
+EPOCH = (
+    PREFIX + "{g}:epoch"
+)  # bumped when a write may have been missed: every derived answer becomes unreachable
+FENCE = (
+    PREFIX + "{g}:fence"
+)  # the cache's copy of the database fence (app/fence.py): older means bump the epoch
 
 
 def _id(value: str) -> str:
@@ -20,14 +29,21 @@ def _digest(params: str) -> str:
     return hashlib.blake2b(params.encode(), digest_size=8).hexdigest()
 
 
+def user_tag(user_id: str) -> str:
+    """`reco:{u:len:id}`: what every key of the user starts with; the braces make Redis Cluster hash only
+    `u:len:id`, so all of the user's keys share one slot. (An id holding `}` ends the tag early: two such
+    users may then share a slot, which is harmless; one user's keys still always do.)"""
+    return f"{PREFIX}{{u:{_id(user_id)}}}"
+
+
 def user_generation(user_id: str) -> str:
-    """Counter bumped on each event or erasure of the user: part of every cached answer's key."""
-    return f"{PREFIX}gen:{_id(user_id)}"
+    """Counter bumped on each event or erasure of the user: part of every cached answer's stamp."""
+    return f"{user_tag(user_id)}:gen"
 
 
 def user_prefix(user_id: str) -> str:
-    """Every cached answer of a user starts with this (erasure deletes them all)."""
-    return f"{PREFIX}rec:{_id(user_id)}:"
+    """Every cached answer of a user starts with this (erasure deletes them all; not the generation)."""
+    return f"{user_tag(user_id)}:rec:"
 
 
 def recommendations(user_id: str, model_version: str, params: str) -> str:
@@ -64,9 +80,9 @@ def parse_history_entry(entry: bytes) -> tuple[str, str] | None:
 
 def similar_items(item_id: str, model_version: str, epoch: int, params: str) -> str:
     """A cached similar-items answer."""
-    return f"{PREFIX}sim:{_id(item_id)}:{model_version}:{epoch}:{_digest(params)}"
+    return f"{PREFIX}similar:{_id(item_id)}:{model_version}:{epoch}:{_digest(params)}"
 
 
 def popular(model_version: str, epoch: int, params: str) -> str:
     """A cached popular-items answer."""
-    return f"{PREFIX}pop:{model_version}:{epoch}:{_digest(params)}"
+    return f"{PREFIX}popular:{model_version}:{epoch}:{_digest(params)}"

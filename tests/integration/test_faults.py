@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from app.api.app import create_app
+from app.cache import keys as cache_keys
 from app.db.engine import make_engine
 from app.settings import Settings
 from tests.conftest import ADMIN_KEY, PG_URL, STATIC_KEYS, _truncate
@@ -160,7 +161,9 @@ def test_redis_cut_leaves_ingestion_working_and_is_counted(
     with make_client(tmp_path, database_url=database_url, redis_url=url) as client:
         assert client.post("/v1/events", json=batch(0, 10)).json()["accepted"] == 10
         assert cache_errors(client) == 0
-        assert direct.get("reco:gen:2:u1") == b"1"  # the user's generation was bumped in Redis
+        assert (
+            direct.get(cache_keys.user_generation("u1")) == b"1"
+        )  # the user's generation was bumped in Redis
 
         proxy.cut()
         started = time.monotonic()
@@ -178,7 +181,7 @@ def test_redis_cut_leaves_ingestion_working_and_is_counted(
         time.sleep(1.1)  # past the circuit breaker's pause
         assert client.post("/v1/events", json=batch(30, 10)).json()["accepted"] == 10
         # writes were missed while Redis was away: every cached answer is made unreachable once
-        assert direct.get("reco:epoch") == b"1"
+        assert direct.get(cache_keys.EPOCH) == b"1"
         assert client.get("/readyz").json()["checks"]["cache"] == "ok"
         assert client.get("/v1/users/u1").json()["event_count"] == 3  # e1, e14, e27
     direct.close()
