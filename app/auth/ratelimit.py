@@ -21,7 +21,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+from redis.exceptions import RedisClusterException
 
+from app.redis_url import CLUSTER_SCHEMES, parse_cluster_url
 from app.settings import Rate
 
 log = logging.getLogger(__name__)
@@ -109,7 +112,7 @@ class RateLimiter:
         self._timeout = timeout
         self._retry_after = retry_after
         self._down_until = 0.0
-        self._client: aredis.Redis | None = None
+        self._client: Any = None  # redis.asyncio Redis or RedisCluster
         self._loop: asyncio.AbstractEventLoop | None = None
         self._script: Any = None
         self.shared = 0  # decisions taken by Redis
@@ -130,12 +133,20 @@ class RateLimiter:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:  # a new loop (as in tests) gets a new client
             assert self._url is not None
-            self._client = aredis.Redis.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry_on_timeout=False,
-            )
+            options: dict[str, Any] = {
+                "socket_timeout": self._timeout,
+                "socket_connect_timeout": self._timeout,
+            }
+            if self._url.startswith(CLUSTER_SCHEMES):  # one script per request: its keys share a hash tag
+                url, nodes = parse_cluster_url(self._url)
+                self._client = acluster.RedisCluster.from_url(
+                    url,
+                    startup_nodes=[acluster.ClusterNode(h, p) for h, p in nodes[1:]],
+                    require_full_coverage=False,
+                    **options,
+                )
+            else:
+                self._client = aredis.Redis.from_url(self._url, retry_on_timeout=False, **options)
             self._loop = loop
             self._script = self._client.register_script(_TAKE)
         return self._script
@@ -152,7 +163,7 @@ class RateLimiter:
                 # bounded twice: the socket timeout, and this for a server that accepts but never answers
                 async with asyncio.timeout(self._timeout * 2):
                     blocked, wait_ms = await script(keys=keys, args=args)
-            except (redis.RedisError, OSError, TimeoutError) as exc:
+            except (redis.RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._down_until = time.monotonic() + self._retry_after

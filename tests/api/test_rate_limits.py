@@ -166,3 +166,19 @@ def test_redis_down_falls_back_to_the_process(tmp_path: Path) -> None:
             scraped = c.get("/metrics").text
             assert "reco_rate_limiter_fallbacks_total 5.0" in scraped
             assert 'reco_rate_limited_total{class="recommend",per="key"} 1.0' in scraped
+
+
+def test_redis_cluster_limiter_is_shared_by_two_apps(tmp_path: Path) -> None:
+    """RECO_REDIS_URL naming a Redis Cluster: the bucket script runs in one slot (the key's hash tag)."""
+    from tests.helpers.redis_cluster import redis_cluster
+
+    with redis_cluster() as cluster:
+        settings = _settings(tmp_path, redis_url=cluster.url, rate_limits="recommend=4/m")
+        with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+            codes = [a.get("/v1/popular", headers=auth(READ_KEY)).status_code for _ in range(2)]
+            codes += [b.get("/v1/popular", headers=auth(READ_KEY)).status_code for _ in range(3)]
+            assert codes == [200] * 4 + [429]
+            limiters = [app.app.state.reco.limiter for app in (a, b)]  # type: ignore[attr-defined]
+            assert all(lim.failures == 0 and lim.fallbacks == 0 for lim in limiters), [
+                lim.last_error for lim in limiters
+            ]
