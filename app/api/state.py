@@ -11,6 +11,7 @@ from app.api.metrics import Metrics, TrainingJobs
 from app.auth.keys import KeyVerifier
 from app.cache import Cache
 from app.db.engine import DatabaseProbe
+from app.eventlog.publisher import EventLog
 from app.fence import Fence
 from app.rules.book import PlacementBook
 from app.serving.popular import PopularTracker
@@ -37,4 +38,5 @@ class AppState:
     db_probe: DatabaseProbe  # whether the database answers, known without waiting on it
     training: TrainingJobs  # training-job metrics, refreshed in the background
     book: PlacementBook  # placements and experiments in force (app/rules/book.py)
+    event_log: EventLog | None = None  # RECO_EVENT_LOG_URL set: events go to JetStream (app/eventlog)
     dashboard_secret: bytes | None = None  # signs dashboard cookies: read once (app/dashboard/auth.py)
