@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -39,6 +40,9 @@ from app.records import as_utc
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+CACHE_USERS_PER_CALL = 256  # users per cache call: a transaction of 30,000 events touches thousands of users,
+# and one script call for all of them would outlast the cache's 0.25 s timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +83,22 @@ def record_in_cache(
         entries = updates.setdefault(event.user_id, [])
         assert entries is not None
         entries.append(history_entry_of(event.item_id, event.type, event.ts))
-    cache.record_events(dict(sorted(updates.items())), history_len, history_seconds)
+    ordered = sorted(updates.items())
+    for start in range(0, len(ordered), CACHE_USERS_PER_CALL):  # one call per user stays atomic
+        cache.record_events(dict(ordered[start : start + CACHE_USERS_PER_CALL]), history_len, history_seconds)
 
 
-def write_batches(
-    sessions: sessionmaker[Session], cache: Cache, settings: Settings, batches: list[codec.Decoded]
-) -> Written:
-    """Store the batches in one transaction, then tell the cache. Raises on any failure (nothing to ack)."""
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A committed transaction, before the cache was told and the messages acknowledged."""
+
+    events: list[NewEvent]
+    stored: set[str] | None  # ids stored now (None: which is unknown, SQLite)
+    written: Written
+
+
+def store_batches(sessions: sessionmaker[Session], batches: list[codec.Decoded]) -> Committed:
+    """Store the batches' events and impressions in one transaction (raises on failure: nothing to ack)."""
     events = [e for b in batches for e in b.events]
     impressions = [i for b in batches for i in b.impressions]
 
@@ -95,15 +108,8 @@ def write_batches(
         return stored, shown
 
     stored, shown = run_transaction(sessions, work)
-    record_in_cache(
-        cache,
-        events,
-        stored,
-        history_len=settings.history_len,
-        history_seconds=settings.history_cache_seconds,
-    )
     n_stored = len(stored) if stored is not None else len({e.event_id for e in events})
-    return Written(len(events), n_stored, shown)
+    return Committed(events, stored, Written(len(events), n_stored, shown))
 
 
 class ConsumerMetrics:
@@ -152,9 +158,7 @@ class Consumer:
         self.cache = cache
         self.metrics = metrics or ConsumerMetrics()
         self.log_every_s = log_every_s
-        self.write: Callable[[list[codec.Decoded]], Written] = lambda batches: write_batches(
-            sessions, cache, settings, batches
-        )
+        self._tail: asyncio.Task[None] | None = None  # telling the cache and acknowledging the previous pass
         self.lag: tuple[int, int] | None = None  # (pending, ack pending), read every second
 
     def consumer_config(self) -> ConsumerConfig:
@@ -191,13 +195,19 @@ class Consumer:
                     log.info("event log: %d events stored, %d duplicates; lag %s batches", *totals, pending)
                 try:
                     msgs = await sub.fetch(batch=s.event_log_fetch, timeout=1.0)
-                except NATS_ERRORS:
+                except nats.errors.TimeoutError:
+                    continue  # nothing to consume
+                except NATS_ERRORS as exc:  # disconnected: the client reconnects by itself
+                    log.debug("event log fetch failed: %s", type(exc).__name__)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
                     continue
                 written = await self._handle(msgs, stop)
                 if written is not None:
                     totals[0] += written.stored
                     totals[1] += written.events - written.stored
         finally:
+            await self._settle()
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
 
@@ -228,10 +238,11 @@ class Consumer:
     async def _write(
         self, good: list[Msg], batches: list[codec.Decoded], stop: asyncio.Event
     ) -> Written | None:
-        delay = 0.2
+        s = self.settings
+        delay = min(0.2, s.event_log_ack_wait_s / 2)
         while True:
             try:
-                written = await asyncio.to_thread(self.write, batches)
+                committed = await asyncio.to_thread(store_batches, self.sessions, batches)
                 break
             except (SQLAlchemyError, Unavailable) as exc:
                 self.metrics.failures.inc()
@@ -262,14 +273,43 @@ class Consumer:
                     return None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(
+                    delay * 2, 5.0, s.event_log_ack_wait_s / 2
+                )  # in_progress before the ack wait ends
+        # The next pass's transaction runs while this one's cache update and acknowledgements go out; cache
+        # updates stay in commit order (each waits for the previous one).
+        await self._settle()
+        self._tail = asyncio.create_task(self._finish(good, committed))
+        return committed.written
+
+    async def _settle(self) -> None:
+        if self._tail is not None:
+            await self._tail
+            self._tail = None
+
+    async def _finish(self, good: list[Msg], committed: Committed) -> None:
+        """Tell the cache (as the direct path does), then acknowledge: a crash before this gets the messages
+        delivered again, and their second write, storing nothing, drops the users' lists instead."""
+        s = self.settings
+        try:
+            await asyncio.to_thread(
+                record_in_cache,
+                self.cache,
+                committed.events,
+                committed.stored,
+                history_len=s.history_len,
+                history_seconds=s.history_cache_seconds,
+            )
+        except (SQLAlchemyError, Unavailable) as exc:  # the fence could not be raised: not acknowledged
+            log.warning("event log: cache not told and fence not raised (%s): batches delivered again", exc)
+            return
         for msg in good:
             with contextlib.suppress(*NATS_ERRORS):
                 await msg.ack()
+        written = committed.written
         self.metrics.messages.inc(len(good))
         self.metrics.events.labels("stored").inc(written.stored)
         self.metrics.events.labels("duplicate").inc(written.events - written.stored)
-        return written
 
     async def _one_by_one(
         self, msgs: list[Msg], batches: list[codec.Decoded], stop: asyncio.Event
