@@ -319,7 +319,13 @@ class Settings(BaseSettings):
         default="reco-consumer", min_length=1, max_length=64, description="the durable consumer's name"
     )
     event_log_fetch: int = Field(
-        default=64, ge=1, le=1000, description="batches `reco consume` writes in one transaction at most"
+        default=16, ge=1, le=1000, description="batches `reco consume` writes in one transaction at most"
+    )
+    event_log_writers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="concurrent writers (transactions) of one `reco consume` process; more processes may run",
     )
 
     @field_validator("negative_types", mode="before")

@@ -1,6 +1,7 @@
 """`reco consume`: a durable JetStream pull consumer that writes batches to the database.
 
-Each pass fetches up to RECO_EVENT_LOG_FETCH messages, stores all their events in one transaction (COPY into a
+Each of RECO_EVENT_LOG_WRITERS writers fetches up to RECO_EVENT_LOG_FETCH messages, stores all their events in
+one transaction (COPY into a
 temporary table, then an insert that skips event ids already stored: app/eventlog/repository.py), their
 impression reports, and the rollup of the rows actually stored; then tells the cache (as the direct path does)
 and only then acknowledges the messages. A crash anywhere before the acknowledgement gets the messages delivered
@@ -158,7 +159,7 @@ class Consumer:
         self.cache = cache
         self.metrics = metrics or ConsumerMetrics()
         self.log_every_s = log_every_s
-        self._tail: asyncio.Task[None] | None = None  # telling the cache and acknowledging the previous pass
+        self.totals = [0, 0]  # events stored, duplicates (ids already stored)
         self.lag: tuple[int, int] | None = None  # (pending, ack pending), read every second
 
     def consumer_config(self) -> ConsumerConfig:
@@ -173,43 +174,57 @@ class Consumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; messages taken and not written are given back (nak)."""
+        """Consume with RECO_EVENT_LOG_WRITERS concurrent writers until `stop` is set; messages taken and not
+        written are given back (nak)."""
         s = self.settings
         nc, js = await _until(stop, connect_forever(s, "reco-consume"))
         if nc is None or js is None:
             return
+        writers: list[asyncio.Task[None]] = []
         try:
-            sub = await _subscribe(js, s, self.consumer_config())
-            log.info("consuming stream %s as %s", s.event_log_stream, s.event_log_durable)
-            last_lag = 0.0
+            subs = [await _subscribe(js, s, self.consumer_config()) for _ in range(s.event_log_writers)]
+            log.info(
+                "consuming stream %s as %s (%d writers)", s.event_log_stream, s.event_log_durable, len(subs)
+            )
+            writers = [asyncio.create_task(self._writer(sub, stop)) for sub in subs]
             last_log = time.monotonic()
-            totals = [0, 0]
             while not stop.is_set():
-                now = time.monotonic()
-                if now - last_lag >= 1.0:
-                    last_lag = now
-                    await self._read_lag(sub)
-                if now - last_log >= self.log_every_s:
-                    last_log = now
+                await self._read_lag(subs[0])
+                if time.monotonic() - last_log >= self.log_every_s:
+                    last_log = time.monotonic()
                     pending = self.lag[0] if self.lag else "?"
-                    log.info("event log: %d events stored, %d duplicates; lag %s batches", *totals, pending)
-                try:
-                    msgs = await sub.fetch(batch=s.event_log_fetch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue  # nothing to consume
-                except NATS_ERRORS as exc:  # disconnected: the client reconnects by itself
-                    log.debug("event log fetch failed: %s", type(exc).__name__)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
-                    continue
-                written = await self._handle(msgs, stop)
-                if written is not None:
-                    totals[0] += written.stored
-                    totals[1] += written.events - written.stored
+                    log.info(
+                        "event log: %d events stored, %d duplicates; lag %s batches", *self.totals, pending
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(1.0, self.log_every_s))
+                for task in writers:
+                    if task.done():
+                        task.result()  # a writer that died takes the process down (loudly)
         finally:
-            await self._settle()
+            stop.set()
+            await asyncio.gather(*writers, return_exceptions=True)
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.close()
+
+    async def _writer(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """One writer: fetch, store, tell the cache, acknowledge; again. Writers overlap one another's database
+        round trips (PostgreSQL works on one transaction per connection)."""
+        s = self.settings
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch=s.event_log_fetch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue  # nothing to consume
+            except NATS_ERRORS as exc:  # disconnected: the client reconnects by itself
+                log.debug("event log fetch failed: %s", type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                continue
+            written = await self._handle(msgs, stop)
+            if written is not None:
+                self.totals[0] += written.stored
+                self.totals[1] += written.events - written.stored
 
     async def _read_lag(self, sub: JetStreamContext.PullSubscription) -> None:
         try:
@@ -276,16 +291,8 @@ class Consumer:
                 delay = min(
                     delay * 2, 5.0, s.event_log_ack_wait_s / 2
                 )  # in_progress before the ack wait ends
-        # The next pass's transaction runs while this one's cache update and acknowledgements go out; cache
-        # updates stay in commit order (each waits for the previous one).
-        await self._settle()
-        self._tail = asyncio.create_task(self._finish(good, committed))
+        await self._finish(good, committed)
         return committed.written
-
-    async def _settle(self) -> None:
-        if self._tail is not None:
-            await self._tail
-            self._tail = None
 
     async def _finish(self, good: list[Msg], committed: Committed) -> None:
         """Tell the cache (as the direct path does), then acknowledge: a crash before this gets the messages
