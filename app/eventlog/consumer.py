@@ -1,8 +1,7 @@
 """`reco consume`: a durable JetStream pull consumer that writes batches to the database.
 
 Each of RECO_EVENT_LOG_WRITERS writers fetches up to RECO_EVENT_LOG_FETCH messages, stores all their events in
-one transaction (COPY into a
-temporary table, then an insert that skips event ids already stored: app/eventlog/repository.py), their
+one transaction (COPY into a temporary table, then an insert that skips event ids already stored: app/eventlog/repository.py), their
 impression reports, and the rollup of the rows actually stored; then tells the cache (as the direct path does)
 and only then acknowledges the messages. A crash anywhere before the acknowledgement gets the messages delivered
 again, and the event ids make the second write store nothing twice. While the database is unreachable the
@@ -288,9 +287,8 @@ class Consumer:
                     return None
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(
-                    delay * 2, 5.0, s.event_log_ack_wait_s / 2
-                )  # in_progress before the ack wait ends
+                # the next in_progress() goes out before the ack wait ends
+                delay = min(delay * 2, 5.0, s.event_log_ack_wait_s / 2)
         await self._finish(good, committed)
         return committed.written
 
