@@ -62,50 +62,50 @@ def test_sigkill_of_consumer_and_api_and_a_database_cut_lose_and_double_no_ackno
     worker = consumer(env)
     load = Load(api.base, INGEST_KEY, clients=3, batch=20, prefix=f"k{tag}")
     try:
-        api.start_ready()
-        worker.start()
-        worker.wait_for_line("consuming stream")
-        load.start()
-        time.sleep(2.0)
+        try:
+            api.start_ready()
+            worker.start()
+            worker.wait_for_line("consuming stream")
+            load.start()
+            time.sleep(2.0)
 
-        # 1. the consumer, mid-write
-        assert worker.sigkill() == -9
-        acked_then, stored_then = len(load.acked), count_rows(pg_database, load.prefix)[0]
-        assert stored_then > 0, "the consumer stored nothing before the kill: it proved nothing"
-        time.sleep(1.0)  # the API keeps acknowledging meanwhile
-        assert len(load.acked) > acked_then
-        worker = consumer(env)
-        worker.start()
-        wait_until(
-            lambda: count_rows(pg_database, load.prefix)[0] >= acked_then, 30, "the restarted consumer"
-        )
+            # 1. the consumer, mid-write
+            assert worker.sigkill() == -9
+            acked_then, stored_then = len(load.acked), count_rows(pg_database, load.prefix)[0]
+            assert stored_then > 0, "the consumer stored nothing before the kill: it proved nothing"
+            time.sleep(1.0)  # the API keeps acknowledging meanwhile
+            assert len(load.acked) > acked_then
+            worker = consumer(env)
+            worker.start()
+            wait_until(
+                lambda: count_rows(pg_database, load.prefix)[0] >= acked_then, 30, "the restarted consumer"
+            )
 
-        # 2. the API, mid-request
-        failed_before = load.failed
-        assert api.sigkill() == -9
-        time.sleep(0.5)
-        api.start_ready()
-        time.sleep(1.0)
-        assert load.failed > failed_before, "no request failed: the API kill hit nothing"
+            # 2. the API, mid-request
+            failed_before = load.failed
+            assert api.sigkill() == -9
+            time.sleep(0.5)
+            api.start_ready()
+            time.sleep(1.0)
+            assert load.failed > failed_before, "no request failed: the API kill hit nothing"
 
-        # 3. the database, for the consumer and the API: the API keeps acknowledging, nothing is written
-        proxy.cut()
-        cut_at = time.monotonic()
-        time.sleep(0.3)  # a commit that was on its way has landed
-        rows_at_cut = count_rows(pg_database, load.prefix)[0]
-        acked_at_cut = len(load.acked)
-        time.sleep(1.0)
-        wait_until(lambda: len(load.acked) - acked_at_cut >= 5 * 20, 20, "batches acknowledged while cut")
-        rows_during = count_rows(pg_database, load.prefix)[0]
-        during = [status for at, status in load.statuses if at > cut_at]
-        proxy.restore()
-        assert proxy.seen > 0, "nobody tried the database while it was cut"
-        assert during and set(during) == {200}, f"the API did not answer every batch while cut: {during}"
-        assert rows_during == rows_at_cut, "rows were written while the database was cut"
-        time.sleep(1.0)
-    finally:
-        load.stop()
-    try:
+            # 3. the database, for the consumer and the API: the API keeps acknowledging, nothing is written
+            proxy.cut()
+            cut_at = time.monotonic()
+            time.sleep(0.3)  # a commit that was on its way has landed
+            rows_at_cut = count_rows(pg_database, load.prefix)[0]
+            acked_at_cut = len(load.acked)
+            time.sleep(1.0)
+            wait_until(lambda: len(load.acked) - acked_at_cut >= 5 * 20, 20, "batches acknowledged while cut")
+            rows_during = count_rows(pg_database, load.prefix)[0]
+            during = [status for at, status in load.statuses if at > cut_at]
+            proxy.restore()
+            assert proxy.seen > 0, "nobody tried the database while it was cut"
+            assert during and set(during) == {200}, f"the API did not answer every batch while cut: {during}"
+            assert rows_during == rows_at_cut, "rows were written while the database was cut"
+            time.sleep(1.0)
+        finally:
+            load.stop()
         acked = load.acked
         wait_until(
             lambda: count_rows(pg_database, load.prefix)[0] >= len(acked),
@@ -115,7 +115,7 @@ def test_sigkill_of_consumer_and_api_and_a_database_cut_lose_and_double_no_ackno
         time.sleep(1.0)  # anything still in flight lands too
         rows, distinct = count_rows(pg_database, load.prefix)
         stored = stored_ids(pg_database, load.prefix)
-        assert len(acked) > 1000
+        assert len(acked) > 500
         assert acked - stored == set()  # nothing acknowledged is lost
         assert stored <= load.sent  # nothing came from elsewhere
         assert rows == distinct  # nothing doubled
