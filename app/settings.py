@@ -319,6 +319,67 @@ class Settings(BaseSettings):
     placement_poll_seconds: float = Field(
         default=2.0, ge=0, description="how often serving re-reads placements and experiments (0: never)"
     )
+    # the durable event log in front of the database (app/eventlog): optional, off by default
+    event_log_url: str | None = Field(
+        default=None,
+        description="nats://host:port[,nats://...]: POST /v1/events publishes each batch to a NATS JetStream "
+        "stream and answers once JetStream has stored it; `reco consume` writes the stream to the database. "
+        "Unset: events are written to the database directly",
+    )
+    event_log_stream: str = Field(
+        default="RECO_EVENTS", min_length=1, max_length=64, description="the JetStream stream's name"
+    )
+    event_log_subject: str = Field(
+        default="reco.events",
+        min_length=1,
+        max_length=128,
+        description="the subject batches are published on",
+    )
+    event_log_replicas: int = Field(
+        default=1, ge=1, le=5, description="stream replicas (a NATS cluster of at least this many servers)"
+    )
+    event_log_storage: Literal["file", "memory"] = Field(
+        default="file", description="file: a batch is on disk when acknowledged"
+    )
+    event_log_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="how long POST /v1/events waits for JetStream to acknowledge a batch before it answers "
+        "503 (Retry-After)",
+    )
+    event_log_ack_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a batch the consumer took but did not acknowledge (written and committed) within this is "
+        "delivered again",
+    )
+    event_log_duplicate_window_s: float = Field(
+        default=120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="JetStream drops a publish whose Nats-Msg-Id it saw within this window",
+    )
+    event_log_max_age_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="batches not consumed after this long are dropped by the stream (0: kept until consumed)",
+    )
+    event_log_durable: str = Field(
+        default="reco-consumer", min_length=1, max_length=64, description="the durable consumer's name"
+    )
+    event_log_fetch: int = Field(
+        default=16, ge=1, le=1000, description="batches `reco consume` writes in one transaction at most"
+    )
+    event_log_writers: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="concurrent writers (transactions) of one `reco consume` process; more processes may run",
+    )
 
     # publishable keys, user tokens and rate limits (README "Publishable keys and rate limits")
     rate_limits: str = Field(
@@ -504,6 +565,30 @@ class Settings(BaseSettings):
         ):
             raise ValueError("redis_prefix may not hold { or } with a Redis Cluster (braces are hash tags)")
         return self
+
+    @field_validator("event_log_url")
+    @classmethod
+    def _check_event_log(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        for part in value.split(","):
+            if not part.strip().startswith(("nats://", "tls://")):
+                raise ValueError("must be nats://host:port (several comma separated)")
+        return value
+
+    @field_validator("event_log_stream", "event_log_durable")
+    @classmethod
+    def _check_nats_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError("letters, digits, '_' and '-' only")
+        return value
+
+    @field_validator("event_log_subject")
+    @classmethod
+    def _check_subject(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+            raise ValueError("tokens of letters, digits, '_' and '-' separated by '.' (no wildcards)")
+        return value
 
     @field_validator("event_weights")
     @classmethod

@@ -29,6 +29,7 @@ from app.dashboard import pages as dashboard_pages
 from app.dashboard import stats as dashboard_stats
 from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, read
 from app.db.migrate import upgrade
+from app.eventlog.publisher import EventLog
 from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
 from app.events.service import compact_rollup
@@ -168,6 +169,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_poller = Poller("reco-metrics-poll", settings.metrics_poll_seconds, _metrics_work(state))
         rollup_poller = Poller("reco-rollup-compact", ROLLUP_COMPACT_SECONDS, _compact_work(state))
         try:
+            if settings.event_log_url:
+                state.event_log = EventLog(settings)
+                await state.event_log.start(wait_s=settings.event_log_timeout_s)
             await run_in_threadpool(state.db_probe.check)
             db_poller.start()
             with contextlib.suppress(SQLAlchemyError):  # the poller retries
@@ -192,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             popular_poller.stop()
             state.registry.stop()
             state.book.stop()
+            if state.event_log is not None:
+                await state.event_log.close()
             await state.cache.aclose()
             if state.limiter is not None:
                 await state.limiter.aclose()

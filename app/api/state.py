@@ -14,6 +14,7 @@ from app.auth.keys import KeyVerifier
 from app.auth.ratelimit import RateLimiter
 from app.cache import Cache
 from app.db.engine import DatabaseProbe
+from app.eventlog.publisher import EventLog
 from app.fence import Fence
 from app.rules.book import PlacementBook
 from app.serving.popular import PopularTracker
@@ -43,4 +44,5 @@ class AppState:
     limiter: RateLimiter | None = None  # rate limits (app/auth/ratelimit.py)
     origins: OriginBook | None = None  # origins publishable keys allow, for CORS preflights (app/api/cors.py)
     proxies: tuple[Any, ...] = ()  # trusted proxies' networks (RECO_TRUSTED_PROXIES)
+    event_log: EventLog | None = None  # RECO_EVENT_LOG_URL set: events go to JetStream (app/eventlog)
     dashboard_secret: bytes | None = None  # signs dashboard cookies: read once (app/dashboard/auth.py)

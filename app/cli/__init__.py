@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import data, service, store, train
+from app.cli import data, eventlog, service, store, train
 
-GROUPS = (service, store, data, train)
+GROUPS = (service, store, data, train, eventlog)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import BodyTooLarge, KeyFirstRoute, batch_list, get_state, read_json, require, token_user
+from app.api.state import AppState
 from app.db.engine import run_transaction
 from app.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from app.eventlog import codec
 from app.events import service
 from app.events.schemas import IngestResult
 
@@ -54,7 +58,7 @@ async def post_events(request: Request) -> IngestResult:
                     details=[{"loc": ["events", i, "user_id"], "msg": "is not the user token's user"}],
                 )
 
-    def work() -> IngestResult:
+    def validated() -> service.Validated:
         batch = service.validate_events(
             raw,
             event_types=service.accepted_types(settings.event_weights, settings.negative_types),
@@ -67,6 +71,13 @@ async def post_events(request: Request) -> IngestResult:
             raise ValidationFailed(
                 f"events[{batch.rejected[0].index}].{batch.rejected[0].error}{more}", details=details
             )
+        return batch
+
+    if state.event_log is not None:
+        return await _publish(state, raw, validated)
+
+    def work() -> IngestResult:
+        batch = validated()
         outcome = run_transaction(state.sessions, lambda s: service.store(s, batch))
         accepted, duplicates = outcome.accepted, outcome.duplicates
         service.after_commit(
@@ -83,3 +94,29 @@ async def post_events(request: Request) -> IngestResult:
         return IngestResult(accepted=accepted, duplicates=duplicates, rejected=batch.rejected)
 
     return await run_in_threadpool(work)
+
+
+async def _publish(
+    state: AppState, raw: list[Any], validated: Callable[[], service.Validated]
+) -> IngestResult:
+    """Event-log mode: the valid events (an id given to those without one) go to JetStream as one message; the
+    answer waits for JetStream's acknowledgement, never for the database. `accepted` counts what was queued
+    (an event_id the database already holds is then skipped by the consumer, not counted here)."""
+    assert state.event_log is not None
+    log = state.event_log
+    batch_id = codec.new_batch_id()
+
+    def prepare() -> tuple[service.Validated, list[bytes]]:
+        batch = validated()
+        return batch, codec.encode_parts(
+            codec.with_ids(batch.events, batch_id), batch.impressions, log.max_payload
+        )
+
+    batch, parts = await run_in_threadpool(prepare)
+    if batch.valid:
+        await log.publish(parts, batch_id)
+    metrics = state.metrics.events
+    metrics.labels("accepted").inc(batch.valid)
+    metrics.labels("duplicate").inc(batch.in_batch_duplicates)
+    metrics.labels("rejected").inc(len(batch.rejected))
+    return IngestResult(accepted=batch.valid, duplicates=batch.in_batch_duplicates, rejected=batch.rejected)

@@ -32,6 +32,8 @@ def readiness(state: AppState) -> dict[str, str]:
     checks["cache"] = "ok" if state.cache.ping() else "unavailable"  # answers are then served uncached
     ready = state.registry.current is not None or state.popular.ready
     checks["model"] = "ok" if ready else "unavailable"  # a model, or at least the popular fallback
+    if state.event_log is not None:
+        checks["event_log"] = "ok" if state.event_log.connected else "unavailable"
     return checks
 
 
@@ -43,7 +45,10 @@ async def readyz(request: Request) -> FastJSONResponse:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(asyncio.to_thread(probe.check)), 0.3)
     checks = await run_in_threadpool(readiness, get_state(request))
-    failing = [name for name, value in checks.items() if value != "ok" and name != "cache"]
+    # cache: answers are then served uncached. In event-log mode events are taken without the database, so
+    # it being down does not take this process out of a balancer (reads that need it answer 503 meanwhile).
+    optional = {"cache", "database"} if get_state(request).event_log is not None else {"cache"}
+    failing = [name for name, value in checks.items() if value != "ok" and name not in optional]
     if failing:
         body = {
             "error": {
