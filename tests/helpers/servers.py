@@ -75,7 +75,7 @@ def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60  # a loaded 2-core machine: workers import slowly
             while True:
                 if proc.poll() is not None:
                     log.seek(0)
@@ -87,7 +87,7 @@ def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError("reco serve did not start within 30 s")
+                    raise TimeoutError("reco serve did not start within 60 s")
                 time.sleep(0.1)
             yield base
         finally:
