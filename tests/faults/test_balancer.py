@@ -1,16 +1,20 @@
 """Two `reco serve` replicas behind Debian's HAProxy (deploy/haproxy.cfg, the file the compose profile `scale`
-mounts), sharing one PostgreSQL database and one Redis; one replica gets SIGKILL under load.
+mounts), sharing one PostgreSQL database and one Redis; under load one replica gets SIGTERM (it drains), comes
+back, then the other gets SIGKILL.
 
 Load through the balancer: threads asking for recommendations (GET, never retried by the client) and threads
 posting event batches with event_ids (a batch that got no 2xx is re-sent by the client with the same ids, as a
-real client does; POSTs are not replayed by the balancer). Proves, first, that the kill happened and was seen
-(the process is gone, HAProxy marks the replica DOWN, and it had to retry requests), then what survived: every
-GET was answered 200 (the ones the dead replica dropped were retried on the other one), every acknowledged
-event is in the database exactly once (counted by event_id).
+real client does; POSTs are not replayed by the balancer). Proves:
+- drain: the SIGTERMed replica is marked DOWN by HAProxy's /readyz check and exits; no request failed at all
+  meanwhile, GET or POST (nothing needed a retry or a re-send);
+- kill: first that it happened and was seen (the process is gone, HAProxy marks the replica DOWN, and it had to
+  retry requests), then what survived: every GET was answered 200 (the ones the dead replica dropped were
+  retried on the other one), every acknowledged event is in the database exactly once (counted by event_id).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -24,12 +28,12 @@ import sqlalchemy as sa
 from app.db.engine import make_engine
 from app.settings import Settings
 from tests.conftest import ADMIN_KEY, IN_CI, PG_URL, READ_KEY, REDIS_URL, STATIC_KEYS, _truncate
-from tests.helpers.balancer import balanced, haproxy_binary
+from tests.helpers.balancer import Replica, balanced, haproxy_binary
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="RECO_TEST_DATABASE_URL is not set")
 
-LOAD_BEFORE_S = 2.0  # load before the kill
-LOAD_AFTER_S = 3.0  # and after it
+LOAD_S = 1.0  # load between the steps
+DRAIN_S = 3.0  # RECO_DRAIN_S: above HAProxy's time to take a replica out (2 checks, 1 s apart)
 
 
 @pytest.fixture
@@ -109,7 +113,17 @@ class Writer(threading.Thread):
                     raise AssertionError(f"batch {seq} never acknowledged: {self.failed}")
 
 
-def test_killing_one_replica_loses_no_retried_request_and_no_acknowledged_event(
+def _snapshot(readers: list[Reader], writers: list[Writer]) -> tuple[Counter[str], Counter[str]]:
+    gets: Counter[str] = Counter()
+    for reader in readers:
+        gets.update(reader.statuses.copy())
+    failed: Counter[str] = Counter()
+    for writer in writers:
+        failed.update(writer.failed.copy())
+    return gets, failed
+
+
+def test_a_draining_replica_drops_nothing_and_a_killed_one_loses_nothing_acknowledged(
     pg_database: str, redis_prefix: str, tmp_path: Path, haproxy: str
 ) -> None:
     _truncate(pg_database)
@@ -119,40 +133,61 @@ def test_killing_one_replica_loses_no_retried_request_and_no_acknowledged_event(
         "RECO_EMBEDDED_WORKER": "false",
         "RECO_ARTIFACT_DIR": str(tmp_path / "artifacts"),
         "RECO_LOG_LEVEL": "WARNING",
+        "RECO_DRAIN_S": str(DRAIN_S),
     }
     if REDIS_URL:  # both replicas share the cache too, as in production
         env |= {"RECO_REDIS_URL": REDIS_URL, "RECO_REDIS_PREFIX": redis_prefix}
-    with balanced(env) as (lb, (victim, survivor)):
+    with balanced(env) as (lb, replicas):
         stop = threading.Event()
         readers = [Reader(n, lb.base, stop) for n in range(3)]
         writers = [Writer(n, lb.base, stop) for n in range(2)]
         for thread in (*readers, *writers):
             thread.start()
-        time.sleep(LOAD_BEFORE_S)
-        before = lb.stats()
-        assert int(before["reco_api/api1"]["stot"]) > 0 and int(before["reco_api/api2"]["stot"]) > 0
+        time.sleep(LOAD_S)
+        first = lb.stats()
+        assert int(first["reco_api/api1"]["stot"]) > 0 and int(first["reco_api/api2"]["stot"]) > 0
 
+        # 1. SIGTERM of api2: it drains (/readyz 503), HAProxy's checks take it out, then it stops
+        leaving = replicas[1]
+        leaving.proc.send_signal(signal.SIGTERM)
+        drained_down_s = lb.wait("api2", "DOWN", timeout=DRAIN_S + 5)
+        check = lb.stats()["reco_api/api2"]
+        # taken out by its health check answering 503 (L7STS), not by refused connections (L4CON)
+        assert check["check_status"] == "L7STS", check
+        assert leaving.proc.wait(timeout=30) is not None
+        leaving.stop()
+        time.sleep(0.5)
+        gets_1, failed_1 = _snapshot(readers, writers)
+        assert set(gets_1) == {"200"}, gets_1  # nothing routed to it was dropped...
+        assert not failed_1, failed_1  # ...nor any POST: none needed a re-send
+
+        replicas[1] = Replica(env, port=leaving.port)  # back, on the address HAProxy knows
+        replicas[1].wait_ready()
+        lb.wait("api2", "UP", timeout=15)
+        time.sleep(LOAD_S)
+        before = lb.stats()
+
+        # 2. SIGKILL of api1 mid-load
+        victim = replicas[0]
         victim.kill9()
-        marked_down_s = lb.wait("api1", "DOWN", timeout=10)
-        time.sleep(LOAD_AFTER_S)
+        killed_down_s = lb.wait("api1", "DOWN", timeout=10)
+        time.sleep(LOAD_S)
         stop.set()
         for thread in (*readers, *writers):
             thread.join(timeout=30)
             assert not thread.is_alive()
         after = lb.stats()
 
-    # the fault was met and seen
+    # the kill was met and seen: the process is gone, HAProxy took it out and had to retry requests
     assert victim.proc.returncode == -9
-    assert survivor.proc.returncode is not None  # stopped by us at the end, after the load
-    backend = after["reco_api/BACKEND"]
-    retried = int(backend["wretr"]) + int(backend["wredis"])
+    backend, before_backend = after["reco_api/BACKEND"], before["reco_api/BACKEND"]
+    retried = int(backend["wretr"]) + int(backend["wredis"]) - int(before_backend["wretr"])
+    retried -= int(before_backend["wredis"])
     assert retried > 0, "HAProxy never had to retry: the kill hit no traffic"
     assert int(after["reco_api/api2"]["stot"]) > int(before["reco_api/api2"]["stot"])
 
     # no GET lost: each was answered 200, the dropped ones after HAProxy retried them on the survivor
-    gets: Counter[str] = Counter()
-    for reader in readers:
-        gets.update(reader.statuses)
+    gets, failed = _snapshot(readers, writers)
     assert set(gets) == {"200"}, gets
     assert gets["200"] > 50
 
@@ -172,13 +207,10 @@ def test_killing_one_replica_loses_no_retried_request_and_no_acknowledged_event(
         engine.dispose()
     assert tuple(found) == (len(acked), len(acked)), (found, len(acked))
 
-    failed: Counter[str] = Counter()
-    for writer in writers:
-        failed.update(writer.failed)
     print(
-        f"\nbalancer: {gets['200']} GETs all 200, HAProxy retries {backend['wretr']} redispatches "
-        f"{backend['wredis']}, api1 DOWN {marked_down_s:.2f} s after SIGKILL; {len(acked)} events acknowledged, "
-        f"all stored once; POSTs not acknowledged then re-sent with the same ids: "
-        f"{sum(w.resent for w in writers)} ({dict(failed)}), events already stored among them: "
-        f"{sum(w.answered_as_duplicates for w in writers)}"
+        f"\nbalancer: drain: api2 DOWN {drained_down_s:.2f} s after SIGTERM, {gets_1['200']} GETs so far all 200, "
+        f"no POST re-sent; kill: api1 DOWN {killed_down_s:.2f} s after SIGKILL, HAProxy retries+redispatches "
+        f"{retried}; {gets['200']} GETs all 200; {len(acked)} events acknowledged, all stored once; POSTs not "
+        f"acknowledged then re-sent with the same ids: {sum(w.resent for w in writers)} ({dict(failed)}), "
+        f"events already stored among them: {sum(w.answered_as_duplicates for w in writers)}"
     )

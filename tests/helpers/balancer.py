@@ -33,8 +33,8 @@ def haproxy_binary() -> str:
 class Replica:
     """One `reco serve` in its own process group (a SIGKILL of the group takes every worker)."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], workers: int = 1, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
@@ -132,7 +132,8 @@ class Balancer:
 
 @contextmanager
 def balanced(env: dict[str, str], workers: int = 1) -> Iterator[tuple[Balancer, list[Replica]]]:
-    """Two replicas with `env` (started together), HAProxy in front, both seen UP by its health checks."""
+    """Two replicas with `env` (started together), HAProxy in front, both seen UP by its health checks. The
+    list is the caller's: a replica it puts in place of one (same port) is stopped at the end too."""
     replicas = [Replica(env, workers), Replica(env, workers)]
     balancer: Balancer | None = None
     try:
