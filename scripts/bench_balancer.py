@@ -147,12 +147,21 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """Median over the rounds of req/s, p50, p99 and errors, by mode and target."""
+    """Median over the rounds of req/s, p50, p99 and errors, by mode and target; and the ratio to `direct`
+    paired within each round (its targets ran back to back, so the machine's drift cancels more): median and
+    range over the rounds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for mode in ("cached", "uncached"):
+        direct = {
+            c["round"]: c["rps"] for c in results["cells"] if c["mode"] == mode and c["target"] == "direct"
+        }
         for target in TARGETS:
             cells = [c for c in results["cells"] if c["mode"] == mode and c["target"] == target]
+            ratios = [c["rps"] / direct[c["round"]] for c in cells]
             out.setdefault(mode, {})[target] = {
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
                 "rps": statistics.median(c["rps"] for c in cells),
                 "rps_min": min(c["rps"] for c in cells),
                 "rps_max": max(c["rps"] for c in cells),
@@ -179,18 +188,19 @@ def markdown(results: dict[str, Any]) -> str:
         f"median of {results['rounds']} interleaved rounds. HAProxy {_haproxy_version()} with "
         "`deploy/haproxy.cfg` (the compose profile `scale` file).",
         "",
-        "| request | target | req/s | rounds' range | vs direct | p50 ms | p99 ms | errors / requests |",
+        "| request | target | req/s | rounds' range | vs direct, paired per round: median (range) | p50 ms | p99 ms "
+        "| errors / requests |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, label in (("cached", "cached (cache hit)"), ("uncached", "uncached (store + model + FAISS)")):
-        direct = med[mode]["direct"]["rps"]
         for target in TARGETS:
             m = med[mode][target]
             lines.append(
                 f"| {label} | {LABELS[target]} | {m['rps']:,.0f} | {m['rps_min']:,.0f}-{m['rps_max']:,.0f} | "
-                f"{m['rps'] / direct:.2f} | "
+                f"{m['ratio']:.2f} ({m['ratio_min']:.2f}-{m['ratio_max']:.2f}) | "
                 f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} / {m['requests']:,} |"
             )
+    lines += ["", "This run: " + "; ".join(_reading(med, mode) for mode in ("cached", "uncached")) + "."]
     sessions = results.get("lb2_sessions", {})
     lines += [
         "",
@@ -209,6 +219,22 @@ def markdown(results: dict[str, Any]) -> str:
         "replicas until the shared PostgreSQL or Redis saturates; that is not measured here.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _reading(med: dict[str, dict[str, dict[str, float]]], mode: str) -> str:
+    """One clause per request kind: each paired ratio to direct, and whether every round agrees on its side."""
+    direct = med[mode]["direct"]
+    parts = []
+    for target in ("lb1", "lb2", "direct2w"):
+        m = med[mode][target]
+        if m["ratio_min"] > 1:
+            verdict = "faster than direct in every round"
+        elif m["ratio_max"] < 1:
+            verdict = "slower than direct in every round"
+        else:
+            verdict = "rounds disagree: not distinguishable here"
+        parts.append(f"{LABELS[target]} {m['ratio']:.2f}x, p99 {m['p99_ms']:.0f} ms ({verdict})")
+    return f"{mode}: direct {direct['rps']:,.0f} req/s, p99 {direct['p99_ms']:.0f} ms; " + ", ".join(parts)
 
 
 def _haproxy_version() -> str:
@@ -232,8 +258,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default="var/bench/balancer", help="writes OUT.json and OUT.md")
     parser.add_argument("--update-docs", action="store_true", help=f"write '{HEADING}' in docs/BENCHMARKS.md")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown from an earlier OUT.json")
     args = parser.parse_args()
-    results = bench(args)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+    else:
+        results = bench(args)
     results["summary"] = summary(results)
     text = markdown(results)
     out = ROOT / args.out

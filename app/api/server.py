@@ -44,7 +44,7 @@ log = logging.getLogger("uvicorn.error")
 
 
 class RecoConfig(uvicorn.Config):
-    """uvicorn's Config plus the two read timeouts (pickled whole to each worker with `--workers N`)."""
+    """uvicorn's Config plus the two read timeouts and the drain (pickled whole to each worker with `--workers N`)."""
 
     def __init__(
         self,
