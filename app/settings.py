@@ -112,6 +112,20 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, description="an idle keep-alive connection is closed after this many seconds"
     )
+    drain_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="on SIGTERM, keep serving this long with /readyz answering 503 (so a load balancer's health "
+        "check takes the process out of rotation) before closing the listening socket",
+    )
+    shutdown_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="after the drain, how long requests in progress may take to finish before the process exits",
+    )
     max_connections: int = Field(
         default=1000,
         ge=1,

@@ -1,6 +1,9 @@
 """Prometheus metrics of the API: each app has its own registry; under `reco serve`
 (PROMETHEUS_MULTIPROC_DIR set before the workers start) counters and histograms live in shared files and one
-scrape covers every worker."""
+scrape covers every worker: counters and histograms are summed over the workers' files (a dead worker's counts
+stay in), and the cache hit ratio is computed from those sums, so one scrape of one replica is the truth for the
+whole replica. Values read at scrape time (the served model version, the training jobs) are the answering
+worker's, which every worker reads from the same store."""
 
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ class Metrics:
             name: Counter(f"reco_cache_{name}", f"Cache {name}", ["backend"], registry=self.registry)
             for name in ("hits", "misses", "errors")
         }
-        self._readers: list[Collector] = []
+        self._readers: dict[str, Collector] = {}
         self._scrape: CollectorRegistry | None = None
         self._synced: dict[tuple[str, str], int] = {}
         self._sync_lock = threading.Lock()
@@ -87,7 +90,7 @@ class Metrics:
                 yield from read()
 
         reader = _Reader()
-        self._readers.append(reader)
+        self._readers[name] = reader
         self.registry.register(reader)
 
     def sync_cache(self, cache: Cache) -> None:
@@ -108,11 +111,35 @@ class Metrics:
             return self.registry
         if self._scrape is None:
             scrape = CollectorRegistry(auto_describe=True)
-            MultiProcessCollector(scrape)
-            for reader in self._readers:
-                scrape.register(reader)
+            scrape.register(_WorkersCollector())
+            for name, reader in self._readers.items():
+                if name != "cache":  # one process's ratio: _WorkersCollector computes the replica's
+                    scrape.register(reader)
             self._scrape = scrape
         return self._scrape
+
+
+class _WorkersCollector(Collector):
+    """Every worker's counters and histograms (prometheus_client's MultiProcessCollector), plus
+    `reco_cache_hit_ratio` from the summed cache counters."""
+
+    def __init__(self) -> None:
+        self._inner = MultiProcessCollector(None)
+
+    def collect(self) -> Iterator[Metric]:
+        lookups: dict[str, dict[str, float]] = {}
+        for family in self._inner.collect():
+            if family.name in ("reco_cache_hits", "reco_cache_misses"):
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        counts = lookups.setdefault(sample.labels.get("backend", ""), {})
+                        counts[family.name] = counts.get(family.name, 0.0) + sample.value
+            yield family
+        ratio = GaugeMetricFamily("reco_cache_hit_ratio", "Cache hits over lookups", labels=["backend"])
+        for backend, counts in sorted(lookups.items()):
+            hits, misses = counts.get("reco_cache_hits", 0.0), counts.get("reco_cache_misses", 0.0)
+            ratio.add_metric([backend], hits / (hits + misses) if hits + misses else 0.0)
+        yield ratio
 
 
 def cache_gauges(cache: Cache) -> Callable[[], Iterator[GaugeMetricFamily]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,13 +47,14 @@ def run_server(host: str, port: int, workers: int) -> None:
         engine = make_engine(settings)
         upgrade(engine)
         engine.dispose()
-    if workers > 1:
-        prepare_multiprocess_metrics()
+    made_dir = prepare_multiprocess_metrics() if workers > 1 else None
     trainer = start_embedded_worker() if settings.run_embedded_worker else None
     if trainer is not None:
         # uvicorn ends by re-raising SIGTERM with our handler back in place: stop the worker, then die as asked.
         def on_sigterm(signum: int, _frame: FrameType | None) -> None:
             stop_embedded_worker(trainer)
+            if made_dir is not None:
+                shutil.rmtree(made_dir, ignore_errors=True)
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
@@ -62,17 +64,24 @@ def run_server(host: str, port: int, workers: int) -> None:
     finally:
         if trainer is not None:
             stop_embedded_worker(trainer)
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
 
 
-def prepare_multiprocess_metrics() -> None:
+def prepare_multiprocess_metrics() -> str | None:
     """One scrape covers every worker: prometheus_client's multiprocess mode, in PROMETHEUS_MULTIPROC_DIR (a
-    fresh temporary directory unless set), emptied before the workers start."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="reco-metrics-")
+    fresh temporary directory unless set, removed when the server stops; returned), emptied before the workers
+    start."""
+    made = None
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = made = tempfile.mkdtemp(prefix="reco-metrics-")
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return made
 
 
 def start_embedded_worker() -> subprocess.Popen[bytes]:

@@ -2,7 +2,8 @@
 
 Proves: with the database hung, /metrics and /healthz still answer within 0.5 s (before, the scrape ran a
 synchronous training_jobs query on the event loop and froze the worker); and under `--workers 2` requests
-spread over both workers (each wrote its own multiprocess file) are all counted by a single scrape.
+spread over both workers (each wrote its own multiprocess file) are all counted by a single scrape (counters and
+the latency histogram alike).
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def test_one_scrape_counts_every_worker(tmp_path: Path) -> None:
         text = httpx.get(base + "/metrics").text
         after = metric(text, "reco_http_requests_total", method="GET", route="/healthz", status="200")
         assert after - before == made
+        # the latency histogram is summed the same way, and counters are exposed as counters
+        count = "reco_http_request_seconds_count"
+        assert metric(text, count, method="GET", route="/healthz") - metric(
+            start, count, method="GET", route="/healthz"
+        ) == pytest.approx(made)
+        assert "# TYPE reco_http_requests_total counter" in text
+        assert "# TYPE reco_http_request_seconds histogram" in text
+        assert text.count("# TYPE reco_cache_hit_ratio gauge") == 1  # one ratio for the replica
         assert "999999" not in "".join(p.name for p in multiproc.iterdir())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +109,47 @@ def uvicorn_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def reco_serve(
+    env: dict[str, str], workers: int = 1, ready_path: str = "/readyz", timeout: float = 60.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`reco serve` in its own process group on a free port, until `ready_path` answers 200; yields the process
+    and its base URL. Stopped (SIGTERM, then SIGKILL of the group) at the end unless already gone."""
+    port = free_port()
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [*RECO, "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    err = log.read().decode(errors="replace")
+                    raise RuntimeError(f"reco serve exited with {proc.returncode}: {err[-2000:]}")
+                try:
+                    if httpx.get(base + ready_path, timeout=0.5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reco serve was not ready within {timeout} s")
+                time.sleep(0.1)
+            yield proc, base
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=15)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by a SIGKILLed supervisor
+            proc.wait(timeout=10)

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+IN_CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -81,3 +84,60 @@ def test_compose_rejects_a_broken_file(compose: list[str], tmp_path: Path) -> No
     result = _run(compose[:-2], "-f", str(broken), "config", "-q")
     assert result.returncode != 0
     assert "nowhere" in result.stderr
+
+
+def test_compose_scale_profile_puts_replicas_behind_haproxy(compose: list[str]) -> None:
+    default = set(_run(compose, "config", "--services").stdout.split())
+    result = _run(compose, "--profile", "scale", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == default | {"api-1", "api-2", "lb", "trainers"}
+    assert {"api-1", "api-2", "lb", "trainers"}.isdisjoint(default)  # only with the profile
+
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:")
+    assert any(
+        v["source"] == str(ROOT / "deploy" / "haproxy.cfg") and v["target"].endswith("haproxy.cfg")
+        for v in lb["volumes"]
+    )
+    assert lb["stop_signal"] == "SIGUSR1"  # HAProxy's soft stop
+    assert set(lb["depends_on"]) == {"api-1", "api-2"}
+    for name in ("api-1", "api-2"):
+        replica = services[name]
+        assert replica["command"][0] == "serve" and "--workers" in replica["command"]
+        assert float(replica["environment"]["RECO_DRAIN_S"]) > 0  # leaves the rotation before it stops
+        assert replica["environment"]["RECO_DATABASE_URL"].startswith("postgresql://")  # one shared store
+        assert replica["environment"]["RECO_REDIS_URL"].startswith("redis://")
+        assert f"{name}:8000" in config  # the balancer's default address for it
+    assert int(services["trainers"]["deploy"]["replicas"]) >= 2
+    assert services["trainers"]["command"] == ["worker"]
+
+
+def test_haproxy_accepts_the_balancer_config() -> None:
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").is_file() else None
+    )
+    if haproxy is None:
+        if IN_CI:
+            pytest.fail("haproxy is not installed (.ci/run installs Debian's package)")
+        pytest.skip("haproxy is not installed")
+    config = ROOT / "deploy" / "haproxy.cfg"
+    text = config.read_text()
+    for line in ("option httpchk GET /readyz", "retry-on all-retryable-errors", "option redispatch"):
+        assert line in text
+    env = {"RECO_API_1": "127.0.0.1:1", "RECO_API_2": "127.0.0.1:2", "PATH": os.environ.get("PATH", "")}
+    ok = subprocess.run(
+        [haproxy, "-c", "-f", str(config)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = subprocess.run(
+        [haproxy, "-c", "-f", "/dev/stdin"],
+        input=text.replace("balance roundrobin", "balance nowhere"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert broken.returncode != 0  # the check above can fail

@@ -17,6 +17,8 @@ def test_server_config_takes_every_option_from_settings() -> None:
         body_timeout_s=4.5,
         keep_alive_timeout_s=9,
         max_connections=123,
+        drain_s=2.5,
+        shutdown_timeout_s=11,
     )
     config = server_config(settings, "127.0.0.1", 8123, 2)
     assert isinstance(config, RecoConfig)
@@ -26,6 +28,7 @@ def test_server_config_takes_every_option_from_settings() -> None:
     assert config.limit_concurrency == 123
     assert config.http is HeaderTimeoutProtocol
     assert config.workers == 2 and config.port == 8123
+    assert config.drain_s == 2.5 and config.timeout_graceful_shutdown == 11
 
 
 def test_defaults_are_safe() -> None:
@@ -33,6 +36,8 @@ def test_defaults_are_safe() -> None:
     # uvicorn's own default (5 s) kills workers still importing on a busy machine
     assert config.timeout_worker_healthcheck >= 60
     assert 0 < config.header_timeout_s <= 30
+    assert config.drain_s == 0  # a plain SIGTERM stops at once unless asked to drain
+    assert config.timeout_graceful_shutdown is not None  # requests in progress get a bounded time
 
 
 def test_importing_the_api_loads_no_torch_nor_training_code() -> None:

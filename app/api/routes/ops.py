@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import get_state
 from app.api.responses import FastJSONResponse
+from app.api.server import DRAINING
 from app.api.state import AppState
 from app.errors import NotFound, Unauthorized
 
@@ -39,7 +40,11 @@ def readiness(state: AppState) -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> FastJSONResponse:
-    """Database, cache and a model (or the popular fallback) are usable; 503 naming what is not."""
+    """Database, cache and a model (or the popular fallback) are usable; 503 naming what is not, or 503
+    `draining` once the process was asked to stop (SIGTERM with RECO_DRAIN_S): it still answers requests."""
+    if DRAINING.is_set():
+        draining = {"code": "draining", "message": "shutting down: take this process out of rotation"}
+        return FastJSONResponse({"error": draining}, status_code=503)
     probe = get_state(request).db_probe
     if not probe.up and not probe.checking:  # down: see whether it is back, waiting 0.3 s at most
         with contextlib.suppress(TimeoutError):
