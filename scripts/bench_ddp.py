@@ -57,7 +57,8 @@ def fit_target(config: TrainConfig, progress: Any, split: Split, items: dict[str
 def load_data(max_users: int | None) -> tuple[str, InteractionLog, dict[str, ItemRecord]]:
     """ml-100k (its first `max_users` users when given), else a synthetic category world of that size."""
     if (ML100K / "ml-100k.inter").exists():
-        records, events = read_movielens(ML100K, progress=False)
+        records, stream = read_movielens(ML100K, progress=False)
+        events = list(stream)
         if max_users is not None:
             keep = {user for user in sorted({e.user_id for e in events}, key=int)[:max_users]}
             events = [e for e in events if e.user_id in keep]

@@ -26,7 +26,9 @@ import contextlib
 import os
 import pickle
 import queue as queue_mod
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -88,6 +90,7 @@ class RankJob:
     backend: str
     timeout_s: float
     result_path: str
+    parent_pid: int
     hook: Callable[[int], None] | None = None  # called first in every rank (tests inject faults with it)
 
 
@@ -100,6 +103,9 @@ def _rank_main(
     reports: Any,
 ) -> None:
     """One rank: join the group, run target(config, progress, *args); rank 0 saves what it returns."""
+    # Ctrl-C reaches the whole process group: the parent decides (it stops the ranks itself), not each rank.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent(job.parent_pid)
     os.environ.update(
         {
             "MASTER_ADDR": HOST,
@@ -135,6 +141,18 @@ def _rank_main(
     # gloo's background threads can abort a normally ending interpreter ("terminate called without an active
     # exception"); the result is on disk, so leave without running C++ static destructors.
     os._exit(0)
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """Leave at once when the process that spawned this rank is gone (killed): no orphaned training."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="reco-ddp-parent-watch", daemon=True).start()
 
 
 def _stop(context: Any) -> None:
@@ -202,7 +220,7 @@ def run_ranks(
                 progress(item)
 
     with tempfile.TemporaryDirectory(prefix="reco-ddp-") as tmp:
-        job = RankJob(store.port, nproc, backend, timeout_s, str(Path(tmp) / "result.pt"), hook)
+        job = RankJob(store.port, nproc, backend, timeout_s, str(Path(tmp) / "result.pt"), os.getpid(), hook)
         context = mp.start_processes(
             _rank_main,
             args=(job, target, args, per_rank, reports),

@@ -23,7 +23,7 @@ from app.artifacts.store import ArtifactError
 from app.db.engine import run_transaction
 from app.db.tables import utcnow
 from app.ml.config import TrainConfig
-from app.ml.distributed import backend_for, run_ranks
+from app.ml.distributed import DistributedTrainingError, backend_for, run_ranks
 from app.ml.train import FitResult, ProgressInfo, WarmStart, WarmStartError
 from app.registry import jobs
 from app.registry import repository as registry
@@ -265,14 +265,19 @@ class Worker:
         if nproc <= 1:
             return fit_data(data, config, report, warm)
         log.info("training on %d DDP processes (%s)", nproc, backend_for(config))
-        result: FitResult = run_ranks(
-            nproc,
-            fit_rank,
-            (data, warm),
-            config,
-            report,
-            timeout_s=self.settings.train_ddp_timeout_s,
-        )
+        try:
+            result: FitResult = run_ranks(
+                nproc,
+                fit_rank,
+                (data, warm),
+                config,
+                report,
+                timeout_s=self.settings.train_ddp_timeout_s,
+            )
+        except DistributedTrainingError:
+            if self.stop.is_set():  # the ranks got the stop signal too (sent to the process group)
+                raise Interrupted("stopped while training on DDP processes") from None
+            raise
         result.metrics["nproc"] = nproc
         return result
 
