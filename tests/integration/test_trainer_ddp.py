@@ -37,7 +37,7 @@ def test_a_job_on_two_ddp_processes_registers_a_served_version(
 ) -> None:
     load_chain_world(sessions)
     job_id = enqueue(sessions, "cli")
-    ddp = tiny(settings, train_nproc=2, train_threads=2)
+    ddp = tiny(settings, train_nproc=2)
 
     assert Worker(ddp, sessions).run(once=True) == 1
 

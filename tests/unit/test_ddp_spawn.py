@@ -46,7 +46,7 @@ CFG = TrainConfig(
     warmup_steps=10,
     patience=3,
     device="cpu",
-    threads=2,
+    threads=1,  # each rank: max(1, 1 // 2) = 1 thread too
 )
 
 
@@ -80,7 +80,7 @@ def test_two_gloo_ranks_train_one_model_as_good_as_one_process(tmp_path: Path) -
     stages = [r.stage for r in reports]
     assert stages == [h["stage"] for h in double.history] and "refit" in stages
     assert all(r.sequences_per_s > 0 for r in reports)
-    assert double.config.batch_size == CFG.batch_size // 2 and double.config.threads == 1
+    assert double.config.batch_size == CFG.batch_size // 2 and double.config.threads == 1  # per rank
 
     # The artifact of the 2-rank model is valid and serves: it loads, builds its index and ranks the chain.
     path = save_version(double, tmp_path / "artifacts")
