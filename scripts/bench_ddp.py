@@ -81,8 +81,13 @@ def epoch_cost(split: Split, items: dict[str, ItemRecord], config: TrainConfig) 
     )
     trainer.total_steps = trainer.steps_per_epoch()
     counter = FlopCounterMode(display=False)
-    with counter:
-        trainer.epoch(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # FLOPs do not depend on threads; one thread is the fastest on busy cores
+    try:
+        with counter:
+            trainer.epoch(1)
+    finally:
+        torch.set_num_threads(threads)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = trainer.steps_per_epoch()
     return {
@@ -133,22 +138,22 @@ def _pm(rows: list[dict[str, Any]], key: str) -> str:
     return f"{_mean(rows, key):.4f}{spread}"
 
 
-def markdown(results: dict[str, Any], command: str) -> str:
+def run_lines(results: dict[str, Any]) -> list[str]:
+    """One run's subsection: its command, machine, config, table and per-data-set findings."""
     cfg = results["config"]
+    variants = sorted({r["variant"] for ds in results["datasets"] for r in ds["runs"]})
     lines = [
-        SECTION,
+        f"### {cfg['epochs']} epochs: {', '.join(variants)}",
         "",
-        f"Command: `{command}`  ",
+        f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}; torch {results['torch']}; {results['date']}. "
         f"Load average before/after: {results['load_before']:.1f}/{results['load_after']:.1f} "
-        "(the 2 cores are shared with other jobs: every time is an upper bound, and noisy).",
-        "",
+        "(the 2 cores are shared with other jobs: every time is an upper bound, and noisy).  ",
         f"Config: d={cfg['model']['d']}, L={cfg['model']['max_len']}, {cfg['model']['layers']} layers, "
-        f"{cfg['epochs']} epochs (patience = epochs: no early stopping), refit {cfg['refit_epochs']} epochs "
-        f"on train + valid, batch {cfg['batch_size']} windows / {cfg['batch_positions']} positions in all "
-        f"(each of 2 ranks: half), {results['threads']} threads in all (each of 2 ranks: half); "
-        f"seeds {results['seeds']}. 2 ranks: gloo on loopback, spawned by `run_ranks` (the path of "
-        "`reco worker --nproc 2`). Test split: EVALUATION.md (chronological leave-one-out, full ranking).",
+        f"{cfg['epochs']} epochs (patience = epochs: no early stopping), refit {cfg['refit_epochs']} "
+        f"epoch(s) on train + valid, batch {cfg['batch_size']} windows / {cfg['batch_positions']} positions "
+        f"in all (each of 2 ranks: half), {results['threads']} threads in all (each of 2 ranks: half); "
+        f"seeds {results['seeds']}.",
         "",
         "| data | processes x threads each | wall s | train s | refit s | windows/s | test HR@10 | test NDCG@10 |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -163,42 +168,24 @@ def markdown(results: dict[str, Any], command: str) -> str:
             )
     lines.append("")
     for ds in results["datasets"]:
-        first = ds["runs"][0]["variant"]
-        one = [r for r in ds["runs"] if r["variant"] == first]
+        one_procs = [r for r in ds["runs"] if r["nproc"] == 1]
         two = [r for r in ds["runs"] if r["nproc"] == 2]
-        single = [r for r in ds["runs"] if r["nproc"] == 1 and r["variant"] != first]
         cost = ds["cost"]
-        ratio = _mean(two, "sequences_per_s") / max(_mean(one, "sequences_per_s"), 1e-9)
-        wall = _mean(one, "wall_s") / max(_mean(two, "wall_s"), 1e-9)
-        d_ndcg = _mean(two, "NDCG@10") - _mean(one, "NDCG@10")
+        ratios = "; ".join(
+            f"{_mean(two, 'sequences_per_s') / max(_mean(rows, 'sequences_per_s'), 1e-9):.2f}x against {v}"
+            for v in dict.fromkeys(r["variant"] for r in one_procs)
+            for rows in [[r for r in one_procs if r["variant"] == v]]
+        )
         lines.append(
             f"- {ds['name']} ({ds['stats']['users']} users, {ds['stats']['items']} items, "
-            f"{cost['windows']:,} windows, {cost['positions']:,} positions): 2 processes / 1 process training "
-            f"throughput **{ratio:.2f}x** ({first}: the baseline)"
-            + (
-                f", {_mean(two, 'sequences_per_s') / max(_mean(single, 'sequences_per_s'), 1e-9):.2f}x against "
-                f"{single[0]['variant']}"
-                if single
-                else ""
-            )
-            + f"; wall-time speed-up {wall:.2f}x; test NDCG@10 difference "
-            f"{d_ndcg:+.4f} (2 - 1). One epoch: {cost['gflop_per_epoch']:.1f} GFLOP "
-            f"({cost['steps_per_epoch']} steps), {cost['parameters']:,} parameters, so each of 2 ranks "
-            f"all-reduces {cost['allreduce_mb_per_epoch_2ranks']:.0f} MB of gradients per epoch."
+            f"{cost['windows']:,} windows, {cost['positions']:,} positions): 2 ranks' training throughput "
+            f"**{ratios}**. One epoch: {cost['gflop_per_epoch']:.1f} GFLOP ({cost['steps_per_epoch']} "
+            f"steps), {cost['parameters']:,} parameters: each of 2 ranks all-reduces "
+            f"{cost['allreduce_mb_per_epoch_2ranks']:.0f} MB of gradients per epoch."
         )
-    lines += [
-        "",
-        "What the ratio means: the same epoch FLOPs, split in halves between the ranks; DDP adds process "
-        "start-up (two interpreters importing torch: in the wall-time column, not in train s), one gradient "
-        "all-reduce per step (the MB above, loopback memory copies through gloo) and rank 0's validation while "
-        "rank 1 waits. The machine has 2 cores that other jobs were using at the same time (see the load), so "
-        "no configuration here can go faster than 2 cores' worth; the ratios measure how each configuration "
-        "copes with shared cores as much as DDP itself.",
-    ]
-    for ds in results["datasets"]:
-        one = [r for r in ds["runs"] if r["nproc"] == 1]
         by_variant = {
-            v: [r for r in one if r["variant"] == v] for v in dict.fromkeys(r["variant"] for r in one)
+            v: [r for r in one_procs if r["variant"] == v]
+            for v in dict.fromkeys(r["variant"] for r in one_procs)
         }
         if len(by_variant) == 2:
             (v2, r2), (v1, r1) = by_variant.items()
@@ -209,38 +196,58 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 f"{v2.split(' x ')[1]} ({_mean(r2, 'sequences_per_s'):,.0f} windows/s)"
                 + (
                     ": on cores other processes hold, the threads of one process wait for each other at every "
-                    "parallel region (OpenMP barriers), while single-threaded ranks never wait for a thread "
-                    "that is not scheduled; that, not DDP's arithmetic, is most of the gap to the 2-thread "
-                    "process, and the row against the 1-thread process is the fair measure of DDP here."
+                    "parallel region (OpenMP barriers), while a single-threaded process never waits for a "
+                    "thread that is not scheduled."
                     if faster
                     else "."
                 )
             )
-    lines += [
+        base = one_procs[0]["variant"] if one_procs else None
+        one = [r for r in one_procs if r["variant"] == base]
+        if one and two:
+            users = ds["stats"]["users"]
+            p = _mean(one, "HR@10")
+            se = (p * (1 - p) / max(users, 1)) ** 0.5
+            diff = _mean(two, "HR@10") - p
+            lines.append(
+                f"- {ds['name']}, quality: test HR@10 {p:.4f} (1 process) vs {_mean(two, 'HR@10'):.4f} "
+                f"(2 ranks), difference {diff:+.4f} = {diff / max(se, 1e-9):+.1f} standard errors of one run "
+                f"({se:.4f}); NDCG@10 {_mean(one, 'NDCG@10'):.4f} vs {_mean(two, 'NDCG@10'):.4f}."
+            )
+    return [*lines, ""]
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """The section: every run's subsection, then what the ratios mean."""
+    lines = [
+        SECTION,
         "",
-        "On a real box (free cores, or one GPU per rank with NCCL) each rank keeps its own cores or device busy "
-        "on half the windows and the all-reduce is small beside the epoch's GFLOP, so throughput should approach "
-        "N x one process's at the same per-device batch; that was not measured (no such machine for this run). "
-        "Rank 0's validation is serial: with short epochs it caps the gain (Amdahl), which is why "
-        "RECO_TRAIN_NPROC pays on large data, not on a small shop's.",
+        "One model trained by 1 process vs by 2 DDP ranks (gloo on loopback, spawned by `run_ranks`: the path "
+        "of `reco worker --nproc 2`), on the same split, seeds and effective batch; test split: EVALUATION.md "
+        "(chronological leave-one-out, full ranking). JSON in `var/bench/`.",
         "",
-        "Quality: same epochs over all the data, same effective batch, same optimiser steps per epoch and "
-        "learning-rate schedule. The runs are not bit-identical (each rank buckets and batches its own half of "
-        "every epoch), so the test metrics differ by run-to-run noise; the standard error of one run's test "
-        "HR@10 is sqrt(p (1 - p) / users):",
     ]
-    for ds in results["datasets"]:
-        one = [r for r in ds["runs"] if r["variant"] == ds["runs"][0]["variant"]]
-        two = [r for r in ds["runs"] if r["nproc"] == 2]
-        users = ds["stats"]["users"]
-        p = _mean(one, "HR@10")
-        se = (p * (1 - p) / max(users, 1)) ** 0.5
-        diff = _mean(two, "HR@10") - p
-        lines.append(
-            f"- {ds['name']}: HR@10 {p:.4f} (1 process) vs {_mean(two, 'HR@10'):.4f} (2), difference "
-            f"{diff:+.4f} = {diff / max(se, 1e-9):+.1f} standard errors ({se:.4f}); NDCG@10 "
-            f"{_mean(one, 'NDCG@10'):.4f} vs {_mean(two, 'NDCG@10'):.4f}."
-        )
+    for results in runs:
+        lines += run_lines(results)
+    lines += [
+        "What the ratios mean: the epoch's FLOPs are the same, split in halves between the ranks; DDP adds "
+        "process start-up (two interpreters importing torch: in wall s, not in train s), one gradient "
+        "all-reduce per step (the MB above, loopback memory copies through gloo) and rank 0's validation while "
+        "rank 1 waits. This machine has 2 cores that other jobs were using at the same time (see the load): no "
+        "configuration here can go faster than 2 cores' worth, and the ratios measure how each configuration "
+        "copes with shared cores as much as DDP itself. The fair measure of DDP's own cost here is 2 ranks "
+        "of 1 thread against 1 process of 1 thread (the same per-process work as a rank): below 2x because "
+        "both ranks compete for the same busy cores. On a machine with free cores, or one GPU per rank "
+        "(NCCL), each rank keeps its own cores or device busy on half the windows and the all-reduce is small "
+        "beside the epoch's GFLOP, so throughput should approach N x one process's at the same per-device "
+        "batch, less rank 0's serial validation (Amdahl): that was not measured (no such machine for this "
+        "run). RECO_TRAIN_NPROC pays on large data with cores or GPUs to spare, not on a small shop's.",
+        "",
+        "Quality: the same epochs over all the data, the same effective batch, optimiser steps per epoch and "
+        "learning-rate schedule. The runs are not bit-identical (each rank buckets and batches its own half of "
+        "every epoch), so the test metrics differ by run-to-run noise, to be read against one run's standard "
+        "error sqrt(p (1 - p) / users) given beside each difference.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -258,11 +265,22 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="DDP collective timeout, seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "bench_ddp.json")
     parser.add_argument("--update-docs", action="store_true")
-    parser.add_argument("--render", type=Path, default=None, help="only re-render the docs from this JSON")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", default=None, help="only re-render the docs from these JSON runs"
+    )
+    parser.add_argument(
+        "--also", type=Path, nargs="*", default=[], help="earlier JSON runs shown before this one in the docs"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["1x2", "1x1", "2x1"],
+        help="processes x threads each, threads given as a share of --threads: 1x2 = 1 process with all, "
+        "1x1 = 1 process with half, 2x1 = 2 ranks with half each",
+    )
     args = parser.parse_args()
     if args.render is not None:
-        earlier = json.loads(args.render.read_text(encoding="utf-8"))
-        text = markdown(earlier, earlier["command"])
+        text = markdown([json.loads(path.read_text(encoding="utf-8")) for path in args.render])
         print(text)
         if args.update_docs:
             update_section(ROOT / "docs" / "BENCHMARKS.md", SECTION, text)
@@ -298,7 +316,12 @@ def main() -> None:
             seeded = replace(config, seed=seed)
             # 1 process with all the threads (what one would run), 1 process with one rank's threads (the
             # same per-process work as a rank: isolates what DDP itself costs), 2 ranks.
-            variants = [(1, args.threads), (1, max(1, args.threads // 2)), (2, args.threads)]
+            shares = {
+                "1x2": (1, args.threads),
+                "1x1": (1, max(1, args.threads // 2)),
+                "2x1": (2, args.threads),
+            }
+            variants = [shares[v] for v in args.variants]
             for nproc, threads in variants:
                 row = run_one(nproc, split, items, replace(seeded, threads=threads), args.timeout)
                 row["seed"] = seed
@@ -318,9 +341,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
     print(f"wrote {args.out}")
-    print(markdown(results, results["command"]))
+    runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.also] + [results]
+    print(markdown(runs))
     if args.update_docs:
-        update_section(ROOT / "docs" / "BENCHMARKS.md", SECTION, markdown(results, results["command"]))
+        update_section(ROOT / "docs" / "BENCHMARKS.md", SECTION, markdown(runs))
         print("updated docs/BENCHMARKS.md")
 
 
