@@ -195,7 +195,8 @@ def run_lines(results: dict[str, Any]) -> list[str]:
                 f"{v1.split(' x ')[1]} ({_mean(r1, 'sequences_per_s'):,.0f} windows/s) than with "
                 f"{v2.split(' x ')[1]} ({_mean(r2, 'sequences_per_s'):,.0f} windows/s)"
                 + (
-                    ": on cores other processes hold, the threads of one process wait for each other at every "
+                    ": most likely because on cores other processes hold, the threads of one process wait for "
+                    "each other at every "
                     "parallel region (OpenMP barriers), while a single-threaded process never waits for a "
                     "thread that is not scheduled."
                     if faster
