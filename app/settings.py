@@ -226,6 +226,19 @@ class Settings(BaseSettings):
         description="ensemble members (2 reach the ml-100k bar; twice the training time)",
     )
     train_batch_size: int | None = Field(default=None, ge=1)
+    train_nproc: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes that train one model together (DDP: gloo on the CPU, NCCL with one GPU each); "
+        "the batch is split between them, so the effective batch and the quality stay those of one process",
+    )
+    train_ddp_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="bound on the DDP rendezvous and on every collective: a hung rank fails the job after it",
+    )
     train_time_budget_s: float = Field(
         default=1800.0,
         gt=0,

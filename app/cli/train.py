@@ -42,6 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--reason", default=None, help="a note stored on the job")
     train.add_argument("--json", action="store_true", help="print the job as JSON")
     _training_options(train)
+    _nproc_option(train)
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(
@@ -64,7 +65,18 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Same as `python -m app.trainer`. SIGTERM puts a job in progress back in the queue.",
     )
     worker.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    _nproc_option(worker)
     worker.set_defaults(handler=cmd_worker)
+
+
+def _nproc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="train each model on N DDP processes (gloo on the CPU, NCCL on N GPUs; "
+        "override RECO_TRAIN_NPROC, default 1)",
+    )
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +106,7 @@ def with_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
         "train_device": args.device,
         "train_threads": args.threads,
         "train_time_budget_s": args.time_budget,
+        "train_nproc": getattr(args, "nproc", None),
     }
     update = {name: value for name, value in pairs.items() if value is not None}
     if not update:
@@ -271,5 +284,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the background trainer until stopped."""
-    run_worker(load_settings(), once=args.once)
+    settings = load_settings()
+    if args.nproc is not None:
+        settings = load_settings(**{**settings.model_dump(), "train_nproc": args.nproc})
+    run_worker(settings, once=args.once)
     return 0

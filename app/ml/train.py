@@ -178,6 +178,16 @@ def _incremental_windows(
     }
 
 
+def _agreed(trainer: Trainer, flag: bool) -> bool:
+    """Rank 0's `flag` on every DDP rank (one process: `flag`): time-budget decisions must not diverge, or a
+    rank that stopped would leave the others waiting in a collective."""
+    if not trainer.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=trainer.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def _valid_sample(n_users: int, limit: int, seed: int, n_items: int = 0) -> np.ndarray:
     """A fixed sample of users to validate on (all when there are at most `limit`).
 
@@ -352,7 +362,7 @@ def _train_member(
     if config.refit_on_all and holdout >= 0:
         t1 = time.perf_counter()
         refit_stage = f"refit{tag}"
-        if budget.expired():
+        if _agreed(trainer, budget.expired()):
             info["refit"] = "skipped: time budget spent"
         elif config.refit_epochs > 0 or incremental:
             # Continue from the early-stopped weights on train + valid, the learning rate decaying from where
@@ -383,7 +393,7 @@ def _train_member(
                         eta,
                         len(windows),
                     )
-                if budget.expired():
+                if _agreed(trainer, budget.expired()):
                     info["refit"] = f"stopped by the time budget after {epoch} epoch(s)"
                     break
             info.setdefault("refit", f"continued {refit_epochs} epoch(s) on train + valid")
@@ -426,7 +436,7 @@ def _retrain_from_scratch(
     for epoch in range(1, max(epochs, 1) + 1):
         loss = trainer.epoch(epoch, budget.deadline)
         history.append({"stage": stage, "epoch": epoch, "loss": loss, "valid": None})
-        if budget.expired():
+        if _agreed(trainer, budget.expired()):
             break
     return trainer.served, epochs, time.perf_counter() - started
 

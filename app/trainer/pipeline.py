@@ -333,6 +333,16 @@ def fit_data(
     return fit(data.log, data.items, config, progress, warm=warm, negatives=data.negatives)
 
 
+def fit_rank(
+    config: TrainConfig,
+    progress: Callable[[ProgressInfo], None] | None,
+    data: TrainingData,
+    warm: WarmStart | None,
+) -> FitResult:
+    """One DDP rank's part of a job's fit (app/ml/distributed.py run_ranks calls it in every rank)."""
+    return fit_data(data, config, progress, warm)
+
+
 def describe_run(
     data: TrainingData, result: FitResult, save_s: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -24,7 +24,8 @@ from app.db.engine import run_transaction
 from app.db.tables import utcnow
 from app.index import service_index_config
 from app.ml.config import TrainConfig
-from app.ml.train import ProgressInfo, WarmStart, WarmStartError
+from app.ml.distributed import DistributedTrainingError, backend_for, run_ranks
+from app.ml.train import FitResult, ProgressInfo, WarmStart, WarmStartError
 from app.registry import jobs
 from app.registry import repository as registry
 from app.registry.jobs import Lease
@@ -33,10 +34,12 @@ from app.trainer.pipeline import (
     LeaseLost,
     Outcome,
     RunPlan,
+    TrainingData,
     artifact_path,
     cleaning_rules,
     describe_run,
     fit_data,
+    fit_rank,
     negative_options,
     plain,
     plan_run,
@@ -200,13 +203,13 @@ class Worker:
             heartbeat.detail = {"stage": "train", "mode": plan.mode, "mode_reason": plan.why}
             report = self._progress(lease, heartbeat, plan)
             try:
-                result = fit_data(data, config, report, warm)
+                result = self._fit(data, config, report, warm)
             except WarmStartError as exc:
                 log.warning("job %s: %s; falling back to a full retrain", lease.job_id, exc)
                 plan = RunPlan("full", f"warm start refused ({exc})")
                 heartbeat.detail = {"stage": "train", "mode": plan.mode, "mode_reason": plan.why}
                 report = self._progress(lease, heartbeat, plan)
-                result = fit_data(data, config, report, None)
+                result = self._fit(data, config, report, None)
             result.metrics["mode_reason"] = plan.why
             if plan.base is not None and result.metrics.get("mode") == "incremental":
                 result.metrics["warm_started_from"] = plan.base
@@ -249,6 +252,35 @@ class Worker:
         log.info("job %s: version %s %s (%s)", lease.job_id, outcome.version, outcome.status, outcome.reason)
         self.housekeeping()
         return JobResult(lease.job_id, "succeeded", outcome=outcome)
+
+    def _fit(
+        self,
+        data: TrainingData,
+        config: TrainConfig,
+        report: Callable[[ProgressInfo], None],
+        warm: WarmStart | None,
+    ) -> FitResult:
+        """Fit here (one process) or on RECO_TRAIN_NPROC DDP ranks; either way this process, which holds the
+        lease, then writes the artifact and records the version from rank 0's result."""
+        nproc = self.settings.train_nproc
+        if nproc <= 1:
+            return fit_data(data, config, report, warm)
+        log.info("training on %d DDP processes (%s)", nproc, backend_for(config))
+        try:
+            result: FitResult = run_ranks(
+                nproc,
+                fit_rank,
+                (data, warm),
+                config,
+                report,
+                timeout_s=self.settings.train_ddp_timeout_s,
+            )
+        except DistributedTrainingError:
+            if self.stop.is_set():  # the ranks got the stop signal too (sent to the process group)
+                raise Interrupted("stopped while training on DDP processes") from None
+            raise
+        result.metrics["nproc"] = nproc
+        return result
 
     def _drop_unregistered(self, saved: Path | None) -> None:
         """Delete an artifact this run wrote but did not register (kept if a row names it after all)."""
