@@ -14,6 +14,7 @@ import random
 import re
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -304,3 +305,16 @@ def test_async_client(server: Server) -> None:
 
     asyncio.run(main())
     assert server.stored(f"a{tag}-") == (16, 16)
+
+
+def test_the_js_client_knows_the_same_event_fields() -> None:
+    # clients/js/dist/index.js is hand-written: its EVENT_FIELDS (camelCase -> wire name) must be the server's
+    from app.api.app import create_app
+    from app.settings import Settings
+
+    source = (Path(__file__).resolve().parents[2] / "clients/js/dist/index.js").read_text()
+    block = re.search(r"const EVENT_FIELDS = \{(.*?)\};", source, re.S)
+    assert block, "EVENT_FIELDS not found in clients/js/dist/index.js"
+    wire = set(re.findall(r':\s*"([a-z_]+)"', block.group(1)))
+    spec = create_app(Settings(database_url="sqlite:///:memory:", embedded_worker=False)).openapi()
+    assert wire == set(spec["components"]["schemas"]["EventIn"]["properties"])
