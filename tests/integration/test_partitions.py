@@ -18,9 +18,18 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from app.catalog.service import erase_user
+from app.cli import main
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
-from app.db.partitions import apply_retention, ensure_partitions, maintain, partitions
+from app.db.partitions import (
+    add_months,
+    apply_retention,
+    ensure_partitions,
+    maintain,
+    month_of,
+    partition_name,
+    partitions,
+)
 from app.events.repository import NewEvent, insert_batch
 from app.settings import Settings
 from tests.conftest import PG_URL
@@ -29,24 +38,41 @@ from tests.integration.test_migrations import downgrade
 needs_pg = pytest.mark.skipif(not PG_URL, reason="RECO_TEST_DATABASE_URL is not set (CI=true requires it)")
 
 
+def request_pg() -> Engine:
+    """An engine on a new private, empty PostgreSQL database; not migrated (drop_pg removes it)."""
+    assert PG_URL
+    name = f"reco_part_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = _admin_url().set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
+    return make_engine(Settings(database_url=url))
+
+
+def _admin_url() -> sa.URL:
+    assert PG_URL
+    return make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def drop_pg(engine: Engine) -> None:
+    """Dispose of the engine and drop its database."""
+    name = engine.url.database
+    engine.dispose()
+    admin = sa.create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture
 def pg_engine() -> Iterator[Engine]:
     """An engine on a private, empty PostgreSQL database (dropped afterwards); not migrated."""
-    assert PG_URL
-    name = f"reco_part_{uuid.uuid4().hex[:10]}"
-    base = make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False).replace("+psycopg", "")
-    engine = make_engine(Settings(database_url=url))
+    engine = request_pg()
     try:
         yield engine
     finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_pg(engine)
 
 
 @pytest.fixture
@@ -255,3 +281,37 @@ def test_sqlite_keeps_one_table(tmp_path: Path) -> None:
     assert store(engine, [ev("a", at(2025, 3))]) == 0
     assert set(sa.inspect(engine).get_table_names()) == names
     engine.dispose()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+def test_reco_db_maintain_prints_what_it_did(
+    store_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if store_kind == "sqlite":
+        monkeypatch.setenv("RECO_DATABASE_URL", f"sqlite:///{tmp_path / 'm.db'}")
+        assert main(["db", "maintain", "--retention-days", "30"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "SQLite keeps one events table: nothing to maintain (no partitions)"
+        ]
+        return
+    if not PG_URL:
+        pytest.skip("RECO_TEST_DATABASE_URL is not set (CI=true requires it)")
+    engine = request_pg()
+    try:
+        upgrade(engine)
+        store(engine, [ev("stale", at(2019, 1))])
+        monkeypatch.setenv("RECO_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+        monkeypatch.setenv("RECO_EVENT_RETENTION_DAYS", "400")
+        assert main(["db", "maintain", "--months-ahead", "5"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        ahead = add_months(month_of(datetime.now(UTC)), 5)
+        assert f"created partition {partition_name(ahead)}" in out
+        assert "created partition events_p201901" in out  # split out of the default partition
+        assert "moved 1 events from events_default to their months" in out
+        assert "dropped partition events_p201901 (1 events)" in out
+        assert main(["db", "maintain", "--months-ahead", "5"]) == 0  # again: nothing to do
+        again = capsys.readouterr().out.splitlines()
+        assert again[0] == "partitions: every month up to the horizon exists already"
+        assert again[1].startswith("retention: no events before ")
+    finally:
+        drop_pg(engine)
