@@ -30,6 +30,7 @@ from app.dashboard import stats as dashboard_stats
 from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, read
 from app.db.migrate import upgrade
 from app.db.partitions import maintain as maintain_partitions
+from app.db.partitions import maintenance_engine
 from app.eventlog.publisher import EventLog
 from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
@@ -133,10 +134,13 @@ def _partition_work(state: AppState) -> Callable[[], None]:
     settings = state.settings
 
     def work() -> None:
+        engine = maintenance_engine(settings)  # not the API's: its statements may take longer than 2 s
         try:
-            maintain_partitions(state.engine, settings.event_partitions_ahead, settings.event_retention_days)
+            maintain_partitions(engine, settings.event_partitions_ahead, settings.event_retention_days)
         except SQLAlchemyError as exc:  # the database is away or the table busy: the next pass retries
             log.warning("event partitions not maintained: %s", str(exc).splitlines()[0][:200])
+        finally:
+            engine.dispose()
 
     return work
 

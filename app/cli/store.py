@@ -17,7 +17,7 @@ from app.auth.keys import (
 )
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
-from app.db.partitions import maintain
+from app.db.partitions import maintain, maintenance_engine
 from app.settings import load_settings
 
 
@@ -117,7 +117,7 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
     days = settings.event_retention_days if args.retention_days is None else args.retention_days
     if ahead < 0 or (days is not None and days < 1):
         raise SystemExit("--months-ahead must be >= 0 and --retention-days >= 1")
-    engine = make_engine(settings)
+    engine = maintenance_engine(settings)
     try:
         passes = maintain(engine, ahead, days)
     finally:

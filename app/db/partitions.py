@@ -3,9 +3,11 @@
 `events` is range-partitioned by `ts`; partition `events_pYYYYMM` holds [first of the month, first of the next)
 in UTC, `events_default` whatever no monthly partition covers (timestamps of months never created: an import of
 old data, say). Both functions are idempotent and safe to run from every API process and a scheduler at once:
-each works in one transaction under a transaction-level advisory lock, with a lock timeout so that a busy table
-makes a pass give up (and the next one retry) instead of queueing every insert behind it. On SQLite (one table)
-and on a PostgreSQL database whose `events` is not partitioned they do nothing.
+each works in one transaction under a transaction-level advisory lock (taken without waiting: a pass that finds
+another one running leaves the work to it), with a lock timeout on the tables so that a busy table makes a pass
+give up (and the next one retry) instead of queueing every insert behind it. On SQLite (one table) and on a
+PostgreSQL database whose `events` is not partitioned they do nothing. Give them an engine whose statement
+timeout suits moving or dropping a month of rows (`maintenance_engine`), not the API's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, text
 
+from app.db.engine import make_engine
 from app.db.tables import EVENT_PARTITION
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ PARENT = "events"
 DEFAULT_PARTITION = "events_default"
 LOCK_KEY = 0x7265636F_6576  # pg_advisory_xact_lock key of partition maintenance ("reco" "ev")
 LOCK_TIMEOUT = "5s"
+STATEMENT_TIMEOUT_S = 3600.0  # a month's ids leaving event_ids, rows leaving the default partition
+BUSY = "another process is maintaining the event partitions now: left to it"
 
 
 @dataclass
@@ -98,9 +104,17 @@ def partitions(conn: Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _lock(conn: Connection) -> None:
+def maintenance_engine(settings: Settings) -> Engine:
+    """A one-connection engine for these passes, with a statement timeout long enough for them."""
+    if settings.is_sqlite:
+        return make_engine(settings)  # nothing to maintain there
+    return make_engine(settings, statement_timeout_s=STATEMENT_TIMEOUT_S, pool_size=1, max_overflow=0)
+
+
+def _lock(conn: Connection) -> bool:
+    """Take the maintenance lock for this transaction; False when another pass holds it."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+    return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY}).scalar())
 
 
 def _literal(at: datetime) -> str:
@@ -142,7 +156,9 @@ def ensure_partitions(engine: Engine, months_ahead: int = 3, *, now: datetime | 
         if not is_partitioned(conn):
             out.skipped = "events is not partitioned (run `reco db upgrade`): no partitions to create"
             return out
-        _lock(conn)
+        if not _lock(conn):
+            out.skipped = BUSY
+            return out
         existing = set(partitions(conn))
         current = month_of(now or datetime.now(UTC))
         wanted = {add_months(current, k) for k in range(max(0, months_ahead) + 1)}
@@ -182,7 +198,9 @@ def apply_retention(engine: Engine, days: int | None, *, now: datetime | None = 
         if not is_partitioned(conn):
             out.skipped = "events is not partitioned (run `reco db upgrade`): retention not applied"
             return out
-        _lock(conn)
+        if not _lock(conn):
+            out.skipped = BUSY
+            return out
         names = partitions(conn)
         for name in names:
             month = month_of_partition(name)

@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from app.api.app import create_app
 from app.catalog.service import erase_user
 from app.cli import main
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
 from app.db.partitions import (
+    BUSY,
+    LOCK_KEY,
     add_months,
     apply_retention,
     ensure_partitions,
@@ -315,3 +319,28 @@ def test_reco_db_maintain_prints_what_it_did(
         assert again[1].startswith("retention: no events before ")
     finally:
         drop_pg(engine)
+
+
+@needs_pg
+def test_a_pass_finding_another_one_running_leaves_the_work_to_it(pg: Engine) -> None:
+    with pg.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        try:
+            assert ensure_partitions(pg, 8).skipped == BUSY
+            assert apply_retention(pg, 30).skipped == BUSY
+        finally:
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+    assert ensure_partitions(pg, 8).created  # once free, the months come
+
+
+@needs_pg
+def test_the_service_creates_the_months_ahead_at_start(pg: Engine, tmp_path: Path) -> None:
+    url = pg.url.render_as_string(hide_password=False).replace("+psycopg", "")
+    settings = Settings(
+        database_url=url, artifact_dir=tmp_path / "a", embedded_worker=False, event_partitions_ahead=6
+    )
+    with TestClient(create_app(settings)):
+        pass
+    with pg.connect() as conn:
+        names = partitions(conn)
+    assert partition_name(add_months(month_of(datetime.now(UTC)), 6)) in names
