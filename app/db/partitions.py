@@ -145,9 +145,13 @@ def _create(conn: Connection, month: datetime) -> int:
     return int(moved or 0)
 
 
-def ensure_partitions(engine: Engine, months_ahead: int = 3, *, now: datetime | None = None) -> Maintenance:
+def ensure_partitions(
+    engine: Engine, months_ahead: int = 3, *, now: datetime | None = None, retention_days: int | None = None
+) -> Maintenance:
     """Create the partitions of the current month and `months_ahead` months after it, and of every month that
-    has rows in the default partition (moving them there); existing ones are left alone."""
+    has rows in the default partition (moving them there) unless retention would drop it at once (a late event
+    of an expired month stays in the default partition until retention deletes it); existing ones are left
+    alone."""
     out = Maintenance()
     if engine.dialect.name != "postgresql":
         out.skipped = "SQLite keeps one events table: no partitions to create"
@@ -160,17 +164,17 @@ def ensure_partitions(engine: Engine, months_ahead: int = 3, *, now: datetime | 
             out.skipped = BUSY
             return out
         existing = set(partitions(conn))
-        current = month_of(now or datetime.now(UTC))
+        current_time = now or datetime.now(UTC)
+        current = month_of(current_time)
         wanted = {add_months(current, k) for k in range(max(0, months_ahead) + 1)}
         if DEFAULT_PARTITION in existing:
-            wanted |= {
-                month_of(r[0])
-                for r in conn.execute(
-                    text(
-                        f"SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC') FROM {DEFAULT_PARTITION}"
-                    )
-                )
-            }
+            expired = None if retention_days is None else current_time - timedelta(days=retention_days)
+            for r in conn.execute(
+                text(f"SELECT DISTINCT date_trunc('month', ts AT TIME ZONE 'UTC') FROM {DEFAULT_PARTITION}")
+            ):
+                month = month_of(r[0])
+                if expired is None or add_months(month, 1) > expired:
+                    wanted.add(month)
         for month in sorted(wanted):
             if partition_name(month) not in existing:
                 out.moved_from_default += _create(conn, month)
@@ -247,4 +251,7 @@ def maintain(engine: Engine, months_ahead: int, retention_days: int | None) -> l
     """Both passes, partitions ahead then retention (what `reco db maintain` and the service's poller run)."""
     if engine.dialect.name != "postgresql":
         return [Maintenance(skipped="SQLite keeps one events table: nothing to maintain (no partitions)")]
-    return [ensure_partitions(engine, months_ahead), apply_retention(engine, retention_days)]
+    return [
+        ensure_partitions(engine, months_ahead, retention_days=retention_days),
+        apply_retention(engine, retention_days),
+    ]
