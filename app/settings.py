@@ -134,6 +134,19 @@ class Settings(BaseSettings):
     max_future_seconds: int = Field(
         default=86_400, ge=0, description="how far in the future a timestamp may be"
     )
+    event_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="PostgreSQL: drop the monthly event partitions wholly older than this many days (and their "
+        "event ids), by the service's partition pass and `reco db maintain`; unset = keep events forever; "
+        "SQLite: not applied",
+    )
+    event_partitions_ahead: int = Field(
+        default=3,
+        ge=0,
+        le=120,
+        description="PostgreSQL: monthly event partitions kept created ahead of the current month",
+    )
     recent_events: int = Field(default=50, ge=1, le=1000, description="history length L read per request")
     cache_ttl_seconds: int = Field(default=300, ge=1)
     key_cache_seconds: float = Field(

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from app.db.engine import make_engine
-from app.db.tables import Base
+from app.db.tables import Base, include_object_for
 from app.settings import load_settings
 
 config = context.config
@@ -18,6 +18,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_object=include_object_for(connection.dialect.name),
         compare_type=True,
     )
     with context.begin_transaction():

@@ -29,6 +29,8 @@ from app.dashboard import pages as dashboard_pages
 from app.dashboard import stats as dashboard_stats
 from app.db.engine import DatabaseProbe, make_api_engines, make_sessionmaker, read
 from app.db.migrate import upgrade
+from app.db.partitions import maintain as maintain_partitions
+from app.db.partitions import maintenance_engine
 from app.eventlog.publisher import EventLog
 from app.events.repository import shown_often
 from app.events.schemas import EventBatchIn
@@ -123,6 +125,26 @@ def _compact_work(state: AppState) -> Callable[[], None]:
     return work
 
 
+PARTITION_MAINTAIN_SECONDS = 3600.0  # how often partitions ahead / retention are checked (PostgreSQL)
+
+
+def _partition_work(state: AppState) -> Callable[[], None]:
+    """Create the event partitions ahead and apply retention (app/db/partitions.py): a catalog read when there
+    is nothing to do; every API process runs it, under an advisory lock and a lock timeout."""
+    settings = state.settings
+
+    def work() -> None:
+        engine = maintenance_engine(settings)  # not the API's: its statements may take longer than 2 s
+        try:
+            maintain_partitions(engine, settings.event_partitions_ahead, settings.event_retention_days)
+        except SQLAlchemyError as exc:  # the database is away or the table busy: the next pass retries
+            log.warning("event partitions not maintained: %s", str(exc).splitlines()[0][:200])
+        finally:
+            engine.dispose()
+
+    return work
+
+
 def rotation_reader(engine: Engine) -> Callable[[str, RotationIn], list[str]]:
     """Items shown to a user often lately (the impressions table), for placements with rotation."""
 
@@ -168,6 +190,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db_poller = Poller("reco-db-probe", 1.0, state.db_probe.check)
         metrics_poller = Poller("reco-metrics-poll", settings.metrics_poll_seconds, _metrics_work(state))
         rollup_poller = Poller("reco-rollup-compact", ROLLUP_COMPACT_SECONDS, _compact_work(state))
+        partition_work = _partition_work(state)
+        partition_poller = Poller(
+            "reco-event-partitions", 0 if settings.is_sqlite else PARTITION_MAINTAIN_SECONDS, partition_work
+        )
         try:
             if settings.event_log_url:
                 state.event_log = EventLog(settings)
@@ -178,6 +204,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(state.training.refresh)
             metrics_poller.start()
             rollup_poller.start()
+            if not settings.is_sqlite:  # the months ahead exist before the first event of a new month
+                await run_in_threadpool(partition_work)
+                partition_poller.start()
             await run_in_threadpool(state.fence.refresh)
             fence_poller.start()
             await run_in_threadpool(state.book.start)  # before the registry: it loads pinned versions too
@@ -192,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db_poller.stop()
             metrics_poller.stop()
             rollup_poller.stop()
+            partition_poller.stop()
             fence_poller.stop()
             popular_poller.stop()
             state.registry.stop()

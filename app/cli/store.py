@@ -1,4 +1,4 @@
-"""`reco db upgrade`, `reco keys create`."""
+"""`reco db upgrade`, `reco db maintain`, `reco keys create`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.auth.keys import (
 )
 from app.db.engine import make_engine, make_sessionmaker, run_transaction
 from app.db.migrate import upgrade
+from app.db.partitions import maintain, maintenance_engine
 from app.settings import load_settings
 
 
@@ -27,6 +28,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     up = db_commands.add_parser("upgrade", help="apply migrations", description="Apply Alembic migrations.")
     up.add_argument("--revision", default="head", help="target revision (default: head)")
     up.set_defaults(handler=cmd_db_upgrade)
+    maintain = db_commands.add_parser(
+        "maintain",
+        help="create event partitions ahead, apply retention",
+        description="PostgreSQL: create the monthly partitions of `events` for the current month and "
+        "RECO_EVENT_PARTITIONS_AHEAD months ahead (and for months found in the default partition), then drop "
+        "the partitions wholly older than RECO_EVENT_RETENTION_DAYS. Idempotent; safe beside running "
+        "services (the service runs the same pass hourly). A no-op on SQLite.",
+    )
+    maintain.add_argument(
+        "--months-ahead", type=int, default=None, help="override RECO_EVENT_PARTITIONS_AHEAD"
+    )
+    maintain.add_argument(
+        "--retention-days", type=int, default=None, help="override RECO_EVENT_RETENTION_DAYS"
+    )
+    maintain.set_defaults(handler=cmd_db_maintain)
 
     keys = commands.add_parser("keys", help="API keys", description="Manage API keys.")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -91,6 +107,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     upgrade(engine, args.revision)
     engine.dispose()
     print(f"database at revision {args.revision}")
+    return 0
+
+
+def cmd_db_maintain(args: argparse.Namespace) -> int:
+    """Event partitions ahead and retention, printing what was done."""
+    settings = load_settings()
+    ahead = settings.event_partitions_ahead if args.months_ahead is None else args.months_ahead
+    days = settings.event_retention_days if args.retention_days is None else args.retention_days
+    if ahead < 0 or (days is not None and days < 1):
+        raise SystemExit("--months-ahead must be >= 0 and --retention-days >= 1")
+    engine = maintenance_engine(settings)
+    try:
+        passes = maintain(engine, ahead, days)
+    finally:
+        engine.dispose()
+    for done in passes:
+        for line in done.lines():
+            print(line)
     return 0
 
 

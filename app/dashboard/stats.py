@@ -117,13 +117,19 @@ def event_series(session: Session, window: str, bucket_s: int, now: datetime | N
     }
 
 
+# A partitioned table (events, migration 0009) has no estimate of its own: the sum of its partitions'.
+_PG_ESTIMATE = text(
+    "SELECT CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(greatest(p.reltuples, 0)), 0)::bigint"
+    " FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid WHERE i.inhparent = c.oid)"
+    " ELSE c.reltuples::bigint END FROM pg_class c WHERE c.oid = to_regclass(:t)"
+)
+
+
 def _estimate(session: Session, table: str) -> int | None:
     """PostgreSQL's planner estimate of a table's rows when it is large (None on SQLite or when small)."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    estimate = session.scalar(
-        text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
-    )
+    estimate = session.scalar(_PG_ESTIMATE, {"t": table})
     return int(estimate) if estimate is not None and estimate >= EXACT_COUNT_UNDER else None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,8 +78,37 @@ class User(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+EVENT_PARTITION = re.compile(r"^events_(p[0-9]{6}|default)$")
+"""Names of the monthly partitions of `events` on PostgreSQL (`events_p202612`) and of its DEFAULT partition
+(migration 0009, app/db/partitions.py): created at run time, so no table class declares them."""
+
+
+def only_on(dialect: str, **info: Any) -> dict[str, Any]:
+    """`info` of a schema object that exists on one dialect only (what `include_object` reads)."""
+    return {"dialects": (dialect,), **info}
+
+
+def include_object_for(dialect: str) -> Callable[..., bool]:
+    """An Alembic `include_object` hook for `dialect`: objects declared for another dialect are left out of
+    comparisons, and so are the event partitions (run-time tables, EVENT_PARTITION)."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table" and reflected and name and EVENT_PARTITION.match(name):
+            return False
+        dialects = getattr(obj, "info", {}).get("dialects")
+        return dialects is None or dialect in dialects
+
+    return include
+
+
 class Event(Base):
-    """An interaction; append-only. `event_id` is unique when given (idempotent retries)."""
+    """An interaction; append-only. `event_id` is stored once when given (idempotent retries).
+
+    SQLite: one table, `event_id` unique by its index. PostgreSQL (migration 0009): the table is range-partitioned
+    by `ts` (monthly, app/db/partitions.py), its primary key is (id, ts), and event ids are made unique by the
+    `event_ids` table, which every insert path claims first (a partitioned table's unique index would have to
+    include `ts`, and a retry may carry another timestamp).
+    """
 
     __tablename__ = "events"
 
@@ -92,11 +123,22 @@ class Event(Base):
     recommendation_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
 
     __table_args__ = (
-        Index("uq_events_event_id", "event_id", unique=True),
+        Index("uq_events_event_id", "event_id", unique=True, info=only_on("sqlite")).ddl_if(dialect="sqlite"),
         Index("ix_events_user_ts", "user_id", "ts"),
         Index("ix_events_recommendation_id", "recommendation_id"),
         Index("ix_events_item_id", "item_id", "type"),  # the dashboard's item inspector (migration 0008)
     )
+
+
+class EventId(Base):
+    """PostgreSQL only (migration 0009): every event_id stored in `events`, once; inserts claim an id here
+    (`ON CONFLICT DO NOTHING RETURNING`) and store only the events whose id they claimed, in one transaction.
+    Erasure and retention delete the ids of the events they delete."""
+
+    __tablename__ = "event_ids"
+    __table_args__ = {"info": only_on("postgresql")}
+
+    event_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
 
 
 class EventCount(Base):

@@ -1,6 +1,7 @@
 """SQL of the event-log consumer: a batch of events by COPY into a temporary table, then one INSERT ... SELECT
-that skips event ids already stored. Kept apart from app/events/repository.py so that a change of the events
-table's layout (partitions, a separate dedupe structure) is adapted in this one function."""
+that skips event ids already stored (claimed in `event_ids`, the dedupe of the partitioned table). Kept apart
+from app/events/repository.py so that a change of the events table's layout (partitions, a separate dedupe
+structure) is adapted in this one function."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ _PG_TEMP = (
 )
 _PG_COPY = "COPY eventlog_incoming (n, e, u, i, t, v, ts, r) FROM STDIN WITH (FORMAT BINARY)"
 _PG_TYPES = ["int4", "text", "text", "text", "text", "float8", "timestamptz", "text"]
-# As app/events/repository._PG_INSERT_BATCH, from the copied rows: unknown users and items first (in byte order,
-# the order the direct path locks them in: concurrent writers cannot deadlock), then the events whose id is not
-# stored yet (in batch order), their rollup delta rows, and the ids actually stored.
+# As app/events/repository._PG_INSERT_BATCH, from the copied rows: unknown users and items (in byte order, the
+# order the direct path locks them in: concurrent writers cannot deadlock), the ids claimed in event_ids (byte
+# order too; `events` is partitioned by ts, migration 0009, and event_ids is its dedupe), then the events whose
+# id was claimed now (in batch order), their rollup delta rows, and the ids actually stored.
 _PG_MOVE = text(
     "WITH new_users AS ("
     " INSERT INTO users (user_id, attributes, created_at, updated_at)"
@@ -32,10 +34,15 @@ _PG_MOVE = text(
     " SELECT i, '[]', '[]', true, false, '{}', now(), now()"
     ' FROM (SELECT DISTINCT i FROM eventlog_incoming) x ORDER BY i COLLATE "C"'
     " ON CONFLICT (item_id) DO NOTHING"
+    "), claimed AS ("
+    " INSERT INTO event_ids (event_id)"
+    ' SELECT e FROM eventlog_incoming WHERE e IS NOT NULL ORDER BY e COLLATE "C"'
+    " ON CONFLICT (event_id) DO NOTHING"
+    " RETURNING event_id"
     "), stored AS ("
     " INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id)"
-    " SELECT e, u, i, t, v, ts, r FROM eventlog_incoming ORDER BY n"
-    " ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+    " SELECT e, u, i, t, v, ts, r FROM eventlog_incoming"
+    " WHERE e IN (SELECT event_id FROM claimed) ORDER BY n"
     " RETURNING event_id, type, ts"
     "), counted AS ("
     " INSERT INTO event_counts (bucket_start, type, count)"

@@ -45,8 +45,12 @@ class NewImpression:
 # One statement, one round trip: the rows travel as one JSON document (parsed in C on the server, where
 # psycopg's text arrays cost ~4 ms of Python quoting per 500 events); unknown users and items are created by
 # data-modifying CTEs (always executed), in sorted order so that concurrent batches cannot deadlock on them.
-# The rows actually stored (RETURNING: duplicates left out) are added to the per-minute rollup `event_counts`
-# in the same statement, as new delta rows: concurrent batches never wait on one another's (minute, type) row.
+# `events` is partitioned by ts (migration 0009), so event ids are claimed in `event_ids` first (sorted too:
+# two batches sharing ids wait on each other in one order, never in a cycle); a claim that conflicts waits for
+# the other transaction and is skipped when it committed. Only events whose id was claimed now (or that have no
+# id) are stored, in batch order (`n`). The rows stored (RETURNING) are added to the per-minute rollup
+# `event_counts` in the same statement, as new delta rows: concurrent batches never wait on one another's
+# (minute, type) row.
 _PG_INSERT_BATCH = text(
     "WITH new_users AS ("
     " INSERT INTO users (user_id, attributes, created_at, updated_at)"
@@ -56,11 +60,18 @@ _PG_INSERT_BATCH = text(
     " INSERT INTO items (item_id, categories, tags, available, deleted, attributes, created_at, updated_at)"
     " SELECT i, '[]', '[]', true, false, '{}', now(), now() FROM json_array_elements_text(CAST(:items AS json)) AS i"
     " ON CONFLICT (item_id) DO NOTHING"
+    "), incoming AS MATERIALIZED ("
+    " SELECT * FROM json_to_recordset(CAST(:events AS json))"
+    " AS x(n int4, e text, u text, i text, t text, v float8, ts timestamptz, r text)"
+    "), claimed AS ("
+    " INSERT INTO event_ids (event_id)"
+    ' SELECT e FROM incoming WHERE e IS NOT NULL ORDER BY e COLLATE "C"'
+    " ON CONFLICT (event_id) DO NOTHING"
+    " RETURNING event_id"
     "), stored AS ("
     " INSERT INTO events (event_id, user_id, item_id, type, value, ts, recommendation_id)"
-    " SELECT e, u, i, t, v, ts, r FROM json_to_recordset(CAST(:events AS json))"
-    " AS x(e text, u text, i text, t text, v float8, ts timestamptz, r text)"
-    " ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING"
+    " SELECT e, u, i, t, v, ts, r FROM incoming"
+    " WHERE e IS NULL OR e IN (SELECT event_id FROM claimed) ORDER BY n"
     " RETURNING type, ts"
     "), counted AS ("
     " INSERT INTO event_counts (bucket_start, type, count)"
@@ -69,6 +80,20 @@ _PG_INSERT_BATCH = text(
     ") "
     "SELECT count(*) FROM stored"
 )
+
+
+def first_of_each_id(events: Sequence[NewEvent]) -> list[NewEvent]:
+    """`events` less repeats of an event_id (the first is kept, in order); events without one all stay."""
+    seen: set[str] = set()
+    out: list[NewEvent] = []
+    for e in events:
+        if e.event_id is not None:
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+        out.append(e)
+    return out
+
 
 # SQLite has one writer: the rows above the highest id read after taking the write lock are this batch's.
 _SQLITE_COUNT = (
@@ -94,6 +119,7 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
     if session.get_bind().dialect.name == "postgresql":
         rows = [
             {
+                "n": n,
                 "e": e.event_id,
                 "u": e.user_id,
                 "i": e.item_id,
@@ -102,8 +128,8 @@ def insert_batch(session: Session, events: Sequence[NewEvent]) -> int:
                 "ts": as_utc(e.ts),
                 "r": e.recommendation_id,
             }
-            for e in events
-        ]  # json_to_recordset keeps the array's order: row ids follow the batch order
+            for n, e in enumerate(first_of_each_id(events))  # one claim per id: repeats are duplicates
+        ]  # stored in `n` order: row ids follow the batch order
         result = session.execute(
             _PG_INSERT_BATCH,
             {
@@ -230,11 +256,21 @@ _UNCOUNT = text(
 )
 
 
+# PostgreSQL: the ids of the user's events (in every partition, by each one's user index) leave event_ids too.
+_PG_FORGET_IDS = text(
+    "DELETE FROM event_ids WHERE event_id IN "
+    "(SELECT event_id FROM events WHERE user_id = :user_id AND event_id IS NOT NULL)"
+)
+
+
 def delete_for_user(session: Session, user_id: str) -> int:
-    """Erase every event and impression of a user; returns how many events. The per-minute rollup loses the
-    erased events too: negative delta rows from one indexed read of the user's events."""
+    """Erase every event and impression of a user (from every partition on PostgreSQL, with their event_ids
+    rows); returns how many events. The per-minute rollup loses the erased events too: negative delta rows from
+    one indexed read of the user's events."""
     postgres = session.get_bind().dialect.name == "postgresql"
     session.execute(_PG_UNCOUNT if postgres else _UNCOUNT, {"user_id": user_id})
+    if postgres:
+        session.execute(_PG_FORGET_IDS, {"user_id": user_id})
     session.execute(delete(Impression).where(Impression.user_id == user_id))
     result = session.execute(delete(Event).where(Event.user_id == user_id))
     return int(result.rowcount)  # type: ignore[attr-defined]

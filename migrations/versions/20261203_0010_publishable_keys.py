@@ -1,7 +1,7 @@
 """publishable keys: api_keys.kind, allowed_origins and per-key rate_limits
 
 Revision ID: 0010
-Revises: 0008 (the lead re-chains it after 0009 when merging)
+Revises: 0009
 Create Date: 2026-12-03
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -32,6 +32,7 @@ def test_the_documented_commands_exist() -> None:
         ("serve",),
         ("demo",),
         ("db", "upgrade"),
+        ("db", "maintain"),
         ("keys", "create"),
         ("import", "movielens"),
         ("import", "events"),
