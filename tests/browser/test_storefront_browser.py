@@ -131,3 +131,36 @@ def test_storefront_from_another_origin_is_refused_by_the_browser(
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     time.sleep(0.2)
     assert len(_events_of(dashboard, user)) == before
+
+
+def test_queued_events_leave_by_beacon_when_the_page_closes(
+    browser: Browser, dashboard: Dashboard, static_port: int, publishable: str
+) -> None:
+    # an event queued (flush interval far away) and then the page is left: the client hands the queue to
+    # navigator.sendBeacon on pagehide, and the event is stored although no flush ever ran
+    user = dashboard.users[5]
+    browser.driver.get(f"http://127.0.0.1:{static_port}/examples/storefront/")
+    browser.ready()
+    event_id = browser.driver.execute_async_script(
+        """
+        const [base, key, user, item, done] = arguments;
+        import("/clients/js/dist/index.js").then(({ Reco }) => {
+          const reco = new Reco({ baseUrl: base, key, flushIntervalMs: 600000 });
+          window.__reco = reco;
+          done(reco.track({ userId: user, itemId: item, type: "view" }));
+        });
+        """,
+        dashboard.base,
+        publishable,
+        user,
+        dashboard.items[1],
+    )
+    assert browser.driver.execute_script("return window.__reco.queued") == 1
+    assert not [e for e in _events_of(dashboard, user) if e["event_id"] == event_id]  # not sent yet
+    browser.driver.get("about:blank")  # pagehide: the beacon goes out
+    stored = wait_until(
+        lambda: [e for e in _events_of(dashboard, user) if e["event_id"] == event_id],
+        15,
+        "the beaconed event in the store",
+    )
+    assert stored[0]["type"] == "view"
