@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from bench_ingest import (  # scripts/ is on sys.path when a script runs
     KEY,
     Run,
+    add_load_arguments,
     bench_copy,
     bodies,
     count_events,
@@ -448,10 +449,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=8)
+    add_load_arguments(parser, events=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="0: no paced run")
     parser.add_argument("--users", type=int, default=20_000)

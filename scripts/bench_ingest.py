@@ -347,15 +347,20 @@ def update_docs(path: Path, section: str) -> None:
     update_section(path, SECTION, section)
 
 
+def add_load_arguments(parser: argparse.ArgumentParser, events: int) -> None:
+    """The options every ingestion benchmark shares: the PostgreSQL server, and the load's size and shape."""
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--events", type=int, default=events)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--connections", type=int, default=8)
+
+
 def main() -> None:
     """Create a private database and Redis, run the benchmark, drop them, write the results."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=8)
+    add_load_arguments(parser, events=300_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=5_000)

@@ -31,7 +31,7 @@ from typing import Any
 import bench_ingest  # scripts/ is on sys.path when a script runs
 import psycopg
 import sqlalchemy as sa
-from bench_ingest import Run, bench_http, bodies, free_port, make_events
+from bench_ingest import Run, add_load_arguments, bench_http, bodies, free_port, make_events
 from benchdocs import update_section
 from sqlalchemy.engine import make_url
 
@@ -164,10 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--connections", type=int, default=8)
+    add_load_arguments(parser, events=100_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--users", type=int, default=20_000)
