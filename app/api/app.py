@@ -40,7 +40,7 @@ from app.index import service_index_config
 from app.index.engine import open_engine
 from app.rules.book import PlacementBook
 from app.rules.spec import RotationIn
-from app.serving.polling import Poller
+from app.serving.polling import Poller, freeze_heap
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender, ServingLimits
 from app.serving.registry import ModelRegistry
@@ -216,6 +216,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except SQLAlchemyError as exc:  # the poller retries; /readyz names the database meanwhile
                 log.warning("popular counts not loaded at start: %s", str(exc).splitlines()[0][:200])
             popular_poller.start()
+            frozen = freeze_heap(full=True)  # the start-up heap is long-lived: no full collection walks it
+            log.debug("%d objects frozen out of the garbage collector at start", frozen)
             yield {"app": state}
         finally:
             db_poller.stop()

@@ -1,7 +1,9 @@
-"""A daemon thread that runs one job every few seconds until stopped."""
+"""A daemon thread that runs one job every few seconds until stopped, and what keeps background work from
+stalling the requests served beside it (the GIL pacer, the frozen heap)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -73,3 +75,20 @@ class Pacer:
         for item in items:
             yield item
             self.tick()
+
+
+def freeze_heap(*, full: bool) -> int:
+    """Move every object alive now out of the garbage collector's sight (`gc.freeze`); the number frozen.
+
+    A full (generation 2) collection walks every tracked object while holding the GIL, so it stalls every
+    request in flight: with the serving process's long-lived heap (modules, the model version's item ids and
+    maps, the catalog view) one took ~300 ms on the 2-core machine, and the dashboard's 24 h series (7,000 rows
+    a request) triggered one every ~40 requests: its p99 was those pauses (docs/BENCHMARKS.md, "Dashboard data
+    requests"). Frozen objects are still freed by reference counting; only cycles among them are no longer
+    collected, which is what long-lived state does not have. Called once the app has started (`full`: collect
+    first) and after each model swap (young generations only: a full collection there would be the stall
+    this avoids; the old version's objects are freed by reference counting when the last request drops them).
+    """
+    gc.collect() if full else gc.collect(1)
+    gc.freeze()
+    return gc.get_freeze_count()

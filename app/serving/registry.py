@@ -30,7 +30,7 @@ from app.records import as_utc
 from app.registry.repository import active_version
 from app.serving.catalog import OVERLAP, CatalogView, changed_items, latest_change
 from app.serving.model import ServingModel
-from app.serving.polling import Pacer, Poller
+from app.serving.polling import Pacer, Poller, freeze_heap
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,8 @@ class ModelRegistry:
             self.engine.retire(before.index)
         self._failed.pop(version, None)
         self.last_error = None
+        del before
+        freeze_heap(full=False)  # the new version's objects are long-lived: out of the collector's walks
         log.info(
             "serving model version %s (%d items, %s index) after %.1f s",
             version,
