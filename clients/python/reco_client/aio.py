@@ -14,73 +14,38 @@ import httpx
 
 from reco_client import _calls as c
 from reco_client import models as m
-from reco_client.client import EventStats, _answer, _headers
-from reco_client.errors import BadRequest, RecoConnectionError, RecoError
+from reco_client.client import _ClientCore, _outcome
+from reco_client.errors import BadRequest, RecoError
 
 log = logging.getLogger("reco_client")
 
 
-class AsyncReco:
+class AsyncReco(_ClientCore):
     """Like `Reco`, for asyncio code: `await client.recommend("u1", k=10)`. Create it inside a running event
     loop; `await client.aclose()` (or `async with AsyncReco(...) as client`) flushes queued events."""
 
-    def __init__(
-        self,
-        base_url: str,
-        key: str | None = None,
-        *,
-        timeout: float = 10.0,
-        retry: c.Retry | None = None,
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
-        max_queued: int = 100_000,
-        user_token: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        if not 1 <= batch_size <= c.MAX_BATCH:
-            raise ValueError(f"batch_size: from 1 to {c.MAX_BATCH} (got {batch_size})")
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval: must be > 0 seconds (got {flush_interval})")
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry or c.Retry()
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.max_queued = max_queued
-        self.stats = EventStats()
+    def _open(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> None:
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=_headers(key, user_token),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
-        self._queue: list[dict[str, Any]] = []
-        self._oldest: float | None = None
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self.last_error: RecoError | None = None
 
     async def _do(self, call: c.Call) -> Any:
-        attempt = 0
-        while True:
+        for attempt in range(self.retry.attempts + 1):
             try:
                 response = await self._http.request(
                     call.method, call.path, params=call.params, json=call.body
                 )
+                done, got = _outcome(call, response, None)
             except httpx.TransportError as exc:
-                error: RecoError = RecoConnectionError(f"{call.method} {call.path}: {exc!r}")
-            else:
-                if response.status_code not in c.RETRY_STATUSES:
-                    return _answer(call, response)
-                try:
-                    _answer(call, response)
-                except RecoError as exc:
-                    error = exc
-            if attempt >= self.retry.attempts:
-                raise error
-            await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
-            attempt += 1
+                done, got = _outcome(call, None, exc)
+            if done:
+                return got
+            if attempt < self.retry.attempts:
+                await asyncio.sleep(self.retry.delay(attempt, got.retry_after))
+        raise got
 
     async def __aenter__(self) -> AsyncReco:
         return self

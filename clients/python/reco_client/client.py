@@ -40,6 +40,58 @@ def _answer(call: c.Call, response: httpx.Response) -> Any:
     return call.read(response.json())
 
 
+def _outcome(
+    call: c.Call, response: httpx.Response | None, exc: httpx.TransportError | None
+) -> tuple[bool, Any]:
+    """One attempt's result: (True, the answer), or (False, the RecoError to retry on). Raises what is final."""
+    if response is None:  # connection refused or reset, timeouts
+        return False, RecoConnectionError(f"{call.method} {call.path}: {exc!r}")
+    if response.status_code not in c.RETRY_STATUSES:
+        return True, _answer(call, response)
+    try:
+        _answer(call, response)
+    except RecoError as error:
+        return False, error
+    return True, None  # pragma: no cover - a retry status always raises in _answer
+
+
+class _ClientCore:
+    """What `Reco` and `AsyncReco` share: their options, checked once, and the batcher's state; each opens its
+    own HTTP client and locks in `_open`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: str | None = None,
+        *,
+        timeout: float = 10.0,
+        retry: c.Retry | None = None,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_queued: int = 100_000,
+        user_token: str | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not 1 <= batch_size <= c.MAX_BATCH:
+            raise ValueError(f"batch_size: from 1 to {c.MAX_BATCH} (got {batch_size})")
+        if flush_interval <= 0:
+            raise ValueError(f"flush_interval: must be > 0 seconds (got {flush_interval})")
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or c.Retry()
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_queued = max_queued
+        self.stats = EventStats()
+        self._queue: list[dict[str, Any]] = []
+        self._oldest: float | None = None  # monotonic time the oldest queued event was queued
+        self._closed = False
+        self.last_error: RecoError | None = None  # the background flusher's last failure
+        self._open(_headers(key, user_token), httpx.Timeout(timeout, connect=min(timeout, 5.0)), transport)
+
+    def _open(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> None:
+        raise NotImplementedError
+
+
 class EventStats:
     """What the batcher sent so far (the server's counts, summed over batches)."""
 
@@ -56,7 +108,7 @@ class EventStats:
         self.rejected = (self.rejected + list(result.rejected))[-1000:]
 
 
-class Reco:
+class Reco(_ClientCore):
     """A Reco service at `base_url`, called with `key` (a server or publishable key).
 
     `recommend`, `similar`, `popular`, catalog, user and admin calls go out at once. Events are batched:
@@ -67,62 +119,28 @@ class Reco:
     backoff and jitter (`retry`); errors arrive as `RecoError` subclasses carrying the server's code.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        key: str | None = None,
-        *,
-        timeout: float = 10.0,
-        retry: c.Retry | None = None,
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
-        max_queued: int = 100_000,
-        user_token: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        if not 1 <= batch_size <= c.MAX_BATCH:
-            raise ValueError(f"batch_size: from 1 to {c.MAX_BATCH} (got {batch_size})")
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval: must be > 0 seconds (got {flush_interval})")
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry or c.Retry()
-        self.batch_size = batch_size
-        self.flush_interval = flush_interval
-        self.max_queued = max_queued
-        self.stats = EventStats()
+    def _open(self, headers: dict[str, str], timeout: httpx.Timeout, transport: Any) -> None:
         self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=_headers(key, user_token),
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
         )
-        self._queue: list[dict[str, Any]] = []
-        self._oldest: float | None = None  # monotonic time the oldest queued event was queued
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()  # one batch in flight at a time: order is kept
         self._thread: threading.Thread | None = None
-        self._closed = False
-        self.last_error: RecoError | None = None  # the background flusher's last failure
 
     # ---- plumbing -------------------------------------------------------------------------------------
     def _do(self, call: c.Call) -> Any:
-        attempt = 0
-        while True:
+        for attempt in range(self.retry.attempts + 1):
             try:
-                response = self._http.request(call.method, call.path, params=call.params, json=call.body)
-            except httpx.TransportError as exc:  # connection refused or reset, timeouts
-                error: RecoError = RecoConnectionError(f"{call.method} {call.path}: {exc!r}")
-            else:
-                if response.status_code not in c.RETRY_STATUSES:
-                    return _answer(call, response)
-                try:
-                    _answer(call, response)
-                except RecoError as exc:
-                    error = exc
-            if attempt >= self.retry.attempts:
-                raise error
-            time.sleep(self.retry.delay(attempt, error.retry_after))
-            attempt += 1
+                done, got = _outcome(
+                    call, self._http.request(call.method, call.path, params=call.params, json=call.body), None
+                )
+            except httpx.TransportError as exc:
+                done, got = _outcome(call, None, exc)
+            if done:
+                return got
+            if attempt < self.retry.attempts:
+                time.sleep(self.retry.delay(attempt, got.retry_after))
+        raise got
 
     def __enter__(self) -> Reco:
         return self
