@@ -40,7 +40,7 @@ from app.index import service_index_config
 from app.index.engine import open_engine
 from app.rules.book import PlacementBook
 from app.rules.spec import RotationIn
-from app.serving.polling import Poller, freeze_heap
+from app.serving.polling import Poller, freeze_heap, unfreeze_heap
 from app.serving.popular import PopularTracker
 from app.serving.recommender import Recommender, ServingLimits
 from app.serving.registry import ModelRegistry
@@ -216,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except SQLAlchemyError as exc:  # the poller retries; /readyz names the database meanwhile
                 log.warning("popular counts not loaded at start: %s", str(exc).splitlines()[0][:200])
             popular_poller.start()
-            frozen = freeze_heap(full=True)  # the start-up heap is long-lived: no full collection walks it
+            frozen = freeze_heap()  # the start-up heap is long-lived: no full collection walks it
             log.debug("%d objects frozen out of the garbage collector at start", frozen)
             yield {"app": state}
         finally:
@@ -228,6 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             popular_poller.stop()
             state.registry.stop()
             state.book.stop()
+            unfreeze_heap()
             if state.event_log is not None:
                 await state.event_log.close()
             await state.cache.aclose()

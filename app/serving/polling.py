@@ -77,7 +77,7 @@ class Pacer:
             self.tick()
 
 
-def freeze_heap(*, full: bool) -> int:
+def freeze_heap() -> int:
     """Move every object alive now out of the garbage collector's sight (`gc.freeze`); the number frozen.
 
     A full (generation 2) collection walks every tracked object while holding the GIL, so it stalls every
@@ -85,10 +85,16 @@ def freeze_heap(*, full: bool) -> int:
     maps, the catalog view) one took ~300 ms on the 2-core machine, and the dashboard's 24 h series (7,000 rows
     a request) triggered one every ~40 requests: its p99 was those pauses (docs/BENCHMARKS.md, "Dashboard data
     requests"). Frozen objects are still freed by reference counting; only cycles among them are no longer
-    collected, which is what long-lived state does not have. Called once the app has started (`full`: collect
-    first) and after each model swap (young generations only: a full collection there would be the stall
-    this avoids; the old version's objects are freed by reference counting when the last request drops them).
+    collected, which long-lived state does not have. Called once the app has started and after each model
+    swap. Only the young generations are collected first: a full collection here would be the very stall this
+    avoids (and costs every start of the app). `unfreeze_heap` at shutdown gives them back.
     """
-    gc.collect() if full else gc.collect(1)
+    gc.collect(1)
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def unfreeze_heap() -> None:
+    """Give the frozen objects back to the collector (at shutdown: a process that starts several apps, as the
+    tests do, then still collects the cycles of the ones it stopped)."""
+    gc.unfreeze()

@@ -266,7 +266,7 @@ class ModelRegistry:
         self._failed.pop(version, None)
         self.last_error = None
         del before
-        freeze_heap(full=False)  # the new version's objects are long-lived: out of the collector's walks
+        freeze_heap()  # the new version's objects are long-lived: out of the collector's walks
         log.info(
             "serving model version %s (%d items, %s index) after %.1f s",
             version,

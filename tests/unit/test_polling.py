@@ -85,8 +85,8 @@ def test_freeze_heap_takes_live_objects_out_of_full_collections() -> None:
     gc.collect()
     assert any(o is long_lived for o in gc.get_objects(2))  # walked by every full collection
     try:
-        frozen = freeze_heap(full=True)
-        assert frozen == gc.get_freeze_count() >= 20_000
+        frozen = freeze_heap()
+        assert frozen >= 20_000  # (other threads may add objects right after: no equality)
         assert not any(o is long_lived for o in gc.get_objects(2))  # now in the permanent generation
         # still freed by reference counting, and new garbage cycles are still collected
         cycle: list[object] = []
@@ -97,7 +97,7 @@ def test_freeze_heap_takes_live_objects_out_of_full_collections() -> None:
         gc.unfreeze()
 
 
-def test_the_app_freezes_its_start_up_heap(tmp_path: Path) -> None:
+def test_the_app_freezes_its_start_up_heap_and_gives_it_back_at_shutdown(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from app.api.app import create_app
@@ -111,5 +111,6 @@ def test_the_app_freezes_its_start_up_heap(tmp_path: Path) -> None:
         with TestClient(create_app(settings)) as client:
             assert client.get("/healthz").status_code == 200
             assert gc.get_freeze_count() > 10_000  # modules, the app, its state: out of gen-2 walks
+        assert gc.get_freeze_count() == 0  # given back at shutdown
     finally:
         gc.unfreeze()
